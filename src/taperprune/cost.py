@@ -1,0 +1,177 @@
+"""The MAC model: exact counts, the cost R(m) of a masked network and its marginal costs.
+
+Convention (Kruglov 2018, and the usual VGG-16 = 15.47 GMAC figure): a conv costs
+k_h·k_w·H_out·W_out·(C_in/groups)·C_out MACs, a linear in·out per token; nothing
+else is counted, biases neither. Replacing the channel counts by sums of binary
+masks gives R(m): for each (layer, conv group) *block*, coeff · a · b with a, b the
+live input and output channels. R is exact for binary masks; the marginal cost
+d_u = R(m) − R(m with unit u removed) is computed in closed form, vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .graph import FIXED, ChannelGraph
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Sparse incidence of units in the blocks of all counted layers (built once)."""
+
+    num_units: int
+    coeff: torch.Tensor  # (B,) float64 MACs per (input, output) pair in each block
+    block_layer: torch.Tensor  # (B,) long: layer index of each block
+    layer_names: tuple[str, ...]
+    in_block: torch.Tensor  # (E_in,) long
+    in_unit: torch.Tensor  # (E_in,) long in [0, N]; N is the constant "always kept" unit
+    in_count: torch.Tensor  # (E_in,) float64: how many input indices of the block it covers
+    out_block: torch.Tensor
+    out_unit: torch.Tensor
+    out_count: torch.Tensor
+    both_block: torch.Tensor  # pairs where one unit is both an input and an output of a block
+    both_unit: torch.Tensor
+    both_count: torch.Tensor  # in_count * out_count for that pair
+
+    @property
+    def full_macs(self) -> int:
+        return int(round(float(macs(self, torch.ones(self.num_units, dtype=torch.float64)))))
+
+
+def _entries(
+    units: torch.Tensor, groups: int, block0: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(block, unit, count) for one side of a layer split into `groups` conv groups."""
+    u = torch.where(units == FIXED, torch.full_like(units, n), units)
+    per = len(u) // groups
+    blocks = block0 + torch.arange(len(u)) // per
+    key = blocks * (n + 1) + u
+    uniq, counts = torch.unique(key, return_counts=True)
+    return uniq // (n + 1), uniq % (n + 1), counts.double()
+
+
+def build_cost_model(graph: ChannelGraph) -> CostModel:
+    """Index every counted layer of `graph` into blocks, once."""
+    n = graph.num_units
+    coeff, block_layer, names = [], [], []
+    ins, outs, both = [], [], []
+    block0 = 0
+    for name, lay in graph.layers.items():
+        if lay.kind == "norm" or lay.macs_per_pair == 0:
+            continue
+        li = len(names)
+        names.append(name)
+        g = lay.conv_groups
+        ib, iu, ic = _entries(lay.in_units, g, block0, n)
+        ob, ou, oc = _entries(lay.out_units, g, block0, n)
+        ins.append((ib, iu, ic))
+        outs.append((ob, ou, oc))
+        # A unit on both sides of a block (depthwise convs, a conv inside a residual
+        # stream) appears squared in a·b: its exact removal cost needs a correction.
+        ik = ib * (n + 1) + iu
+        ok = ob * (n + 1) + ou
+        common, ia, oa = _intersect(ik, ok)
+        keep = (common % (n + 1)) != n
+        both.append((common[keep] // (n + 1), common[keep] % (n + 1), (ic[ia] * oc[oa])[keep]))
+        coeff.append(torch.full((g,), float(lay.macs_per_pair), dtype=torch.float64))
+        block_layer.append(torch.full((g,), li, dtype=torch.long))
+        block0 += g
+
+    def cat(parts: list[tuple[torch.Tensor, ...]], i: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat([p[i] for p in parts]) if parts else torch.zeros(0, dtype=dtype)
+
+    return CostModel(
+        num_units=n,
+        coeff=torch.cat(coeff) if coeff else torch.zeros(0, dtype=torch.float64),
+        block_layer=torch.cat(block_layer) if block_layer else torch.zeros(0, dtype=torch.long),
+        layer_names=tuple(names),
+        in_block=cat(ins, 0, torch.long),
+        in_unit=cat(ins, 1, torch.long),
+        in_count=cat(ins, 2, torch.float64),
+        out_block=cat(outs, 0, torch.long),
+        out_unit=cat(outs, 1, torch.long),
+        out_count=cat(outs, 2, torch.float64),
+        both_block=cat(both, 0, torch.long),
+        both_unit=cat(both, 1, torch.long),
+        both_count=cat(both, 2, torch.float64),
+    )
+
+
+def _intersect(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Common values of two sorted 1-D tensors of unique values, with their positions in each."""
+    in_a = torch.isin(a, b)
+    return a[in_a], torch.nonzero(in_a).flatten(), torch.nonzero(torch.isin(b, a)).flatten()
+
+
+def _ext(masks: torch.Tensor) -> torch.Tensor:
+    m = masks.detach().to(torch.float64).cpu()
+    return torch.cat([m, torch.ones(1, dtype=torch.float64)])
+
+
+def _block_sums(cm: CostModel, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    nb = len(cm.coeff)
+    a = torch.zeros(nb, dtype=torch.float64).index_add_(0, cm.in_block, cm.in_count * m[cm.in_unit])
+    b = torch.zeros(nb, dtype=torch.float64).index_add_(
+        0, cm.out_block, cm.out_count * m[cm.out_unit]
+    )
+    return a, b
+
+
+def macs(cm: CostModel, masks: torch.Tensor) -> torch.Tensor:
+    """R(m): MACs per sample of the network with unit masks `masks` (exact for 0/1 masks)."""
+    m = _ext(masks)
+    a, b = _block_sums(cm, m)
+    return (cm.coeff * a * b).sum()
+
+
+def macs_and_marginals(cm: CostModel, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """R(m) and d, where d_u = R(m) − R(m without unit u) for live units, 0 for removed ones."""
+    m = _ext(masks)
+    a, b = _block_sums(cm, m)
+    total = float((cm.coeff * a * b).sum())
+    d = torch.zeros(cm.num_units + 1, dtype=torch.float64)
+    d.index_add_(0, cm.in_unit, cm.in_count * (cm.coeff * b)[cm.in_block])
+    d.index_add_(0, cm.out_unit, cm.out_count * (cm.coeff * a)[cm.out_block])
+    d.index_add_(0, cm.both_unit, -cm.both_count * cm.coeff[cm.both_block])
+    return total, d[:-1] * m[:-1]
+
+
+def layer_macs(cm: CostModel, masks: torch.Tensor) -> dict[str, int]:
+    """Per-layer MACs per sample of the masked network."""
+    m = _ext(masks)
+    a, b = _block_sums(cm, m)
+    per = torch.zeros(len(cm.layer_names), dtype=torch.float64).index_add_(
+        0, cm.block_layer, cm.coeff * a * b
+    )
+    return {n: int(round(float(v))) for n, v in zip(cm.layer_names, per, strict=True)}
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """MACs per sample of `model` by this module's convention, measured with forward hooks."""
+    total = 0
+
+    def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Linear):
+            total += out.numel() * mod.in_features
+        else:
+            k = 1
+            for s in mod.kernel_size:  # type: ignore[union-attr]
+                k *= int(s)
+            total += out.numel() * k * (mod.in_channels // mod.groups)  # type: ignore[operator]
+
+    counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total // int(example_input.shape[0])

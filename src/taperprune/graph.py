@@ -1,0 +1,473 @@
+"""Channel groups of a network: which channels must go together, and where each one sits.
+
+The only module that talks to torch-pruning. A *group* is a set of channels that
+must be removed together (a conv's outputs, the BN after it, the next layer's
+inputs, every branch of a residual add, ...). Channels of a group that feed or
+leave a grouped (non-depthwise) conv are further tied into *units*: the same
+position in every conv group, so that removal keeps the conv groups valid. Masks,
+scores and the budget solve all work on units; for most networks a unit is one
+channel.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .errors import GraphError
+
+COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Layers that mix or normalise across channels: a removed channel would change
+# what the kept channels compute, so pruning through them cannot be exact.
+CROSS_CHANNEL_TYPES = (
+    nn.LocalResponseNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.SyncBatchNorm,
+)
+FIXED = -1  # unit index of a channel that is never removed
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    """One conv/linear/BN layer: the unit behind each input and output index."""
+
+    name: str
+    kind: str  # "conv" | "linear" | "norm"
+    in_units: torch.Tensor  # (C_in,) long, FIXED where not prunable
+    out_units: torch.Tensor  # (C_out,) long
+    conv_groups: int = 1
+    macs_per_pair: int = 0  # MACs per (input, output) channel pair of one conv group
+    output_shapes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.conv_groups > 1 and (
+            self.conv_groups == len(self.in_units) == len(self.out_units)
+        )
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels removed together, indexed by the root layer's output channels."""
+
+    index: int
+    root: str  # name of the conv/linear whose output channels index the group
+    channel_units: torch.Tensor  # (C_root,) long: unit of each root channel
+    layers: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.channel_units)
+
+
+@dataclass
+class ChannelGraph:
+    """Groups, units and per-layer channel maps of one model, for one input size."""
+
+    groups: list[ChannelGroup]
+    layers: dict[str, LayerChannels]
+    unit_group: torch.Tensor  # (N,) long: group of each unit
+    unit_size: torch.Tensor  # (N,) long: channels of the root layer in each unit
+    input_shape: tuple[int, ...]
+    mask_sites: list[tuple[str, str]] = field(default_factory=list)  # (layer, "norm"|"weight")
+    fixed_groups: dict[str, str] = field(default_factory=dict)  # root name -> why not prunable
+
+    @property
+    def num_units(self) -> int:
+        return len(self.unit_group)
+
+    def units_of_group(self, group: int) -> torch.Tensor:
+        return torch.nonzero(self.unit_group == group).flatten()
+
+    def removed_root_channels(self, keep: torch.Tensor) -> dict[str, list[int]]:
+        """Root layer name -> root channel indices whose unit is not kept."""
+        out: dict[str, list[int]] = {}
+        for g in self.groups:
+            gone = torch.nonzero(~keep[g.channel_units]).flatten().tolist()
+            if gone:
+                out[g.root] = gone
+        return out
+
+    def kept_indices(self, keep: torch.Tensor) -> dict[str, dict[str, list[int]]]:
+        """Per layer, the input and output indices that survive removal of unkept units."""
+        ext = torch.cat([keep.bool(), torch.ones(1, dtype=torch.bool)])
+        return {
+            name: {
+                "in": torch.nonzero(ext[lay.in_units]).flatten().tolist(),
+                "out": torch.nonzero(ext[lay.out_units]).flatten().tolist(),
+            }
+            for name, lay in self.layers.items()
+        }
+
+
+def _module_names(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules()}
+
+
+def _record_forward(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[dict[str, list[torch.Size]], set[str], set[object], object]:
+    """One forward pass: output shapes of counted layers, output producers, cross-channel ops."""
+    names = _module_names(model)
+    shapes: dict[str, list[torch.Size]] = {}
+    grad_fns: dict[object, str] = {}
+    cross: set[object] = set()
+
+    def hook(mod: nn.Module, _inp: object, out: object) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        if isinstance(mod, COUNTED_TYPES):
+            shapes.setdefault(names[mod], []).append(out.shape)
+        if isinstance(mod, CROSS_CHANNEL_TYPES):
+            cross.add(out.grad_fn)
+        elif out.grad_fn is not None and isinstance(mod, COUNTED_TYPES + NORM_TYPES):
+            grad_fns.setdefault(out.grad_fn, names[mod])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(example_input)
+    except Exception as exc:  # the user's model rejected the input: say so plainly
+        raise GraphError(
+            f"the example input of shape {tuple(example_input.shape)} does not fit the model: "
+            f"{type(exc).__name__}: {exc}. Pass an input shaped like one training batch "
+            "(e.g. --input 3x224x224 for ImageNet models)."
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    outs = [out] if isinstance(out, torch.Tensor) else list(tp.utils.flatten_as_list(out))
+    producers = {grad_fns[o.grad_fn] for o in outs if o.grad_fn in grad_fns}
+    return shapes, producers, cross, out
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def find(self, x: tuple[int, int]) -> tuple[int, int]:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: tuple[int, int], b: tuple[int, int]) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def build_graph(
+    model: nn.Module, example_input: torch.Tensor, *, exclude: Sequence[str] = ()
+) -> ChannelGraph:
+    """Build the channel groups of `model` for inputs shaped like `example_input`.
+
+    `exclude` holds layer names or fnmatch patterns: every group that touches a
+    matching layer keeps all its channels.
+    """
+    names = _module_names(model)
+    all_names = [n for n in names.values() if n]
+    for pat in exclude:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
+            raise GraphError(
+                f"exclude pattern {pat!r} matches no layer of the model; layer names look like "
+                f"{', '.join(repr(n) for n in all_names[:4])} (see `taperprune macs MODEL`)."
+            )
+    shapes, producers, cross_fns, _ = _record_forward(model, example_input)
+    if not shapes:
+        raise GraphError(
+            "the model has no Conv or Linear layer, so there is nothing to prune or count."
+        )
+
+    was_training = model.training
+    dg = tp.DependencyGraph()
+    try:
+        dg.build_dependency(model, example_inputs=example_input, verbose=False)
+    except Exception as exc:
+        raise GraphError(
+            f"torch-pruning could not trace the model's channel dependencies: "
+            f"{type(exc).__name__}: {exc}. Exclude the layer involved with --exclude NAME, "
+            "or simplify the operation (known: ShuffleNet's channel-shuffle view)."
+        ) from exc
+    finally:
+        model.train(was_training)
+    cross_nodes = {n for n in dg.module2node.values() if n.grad_fn in cross_fns}
+
+    tp_groups = list(
+        dg.get_all_groups(ignored_layers=[], root_module_types=[nn.Conv2d, nn.Conv1d,
+                                                                 nn.Conv3d, nn.Linear])
+    )
+    layer_of: dict[str, nn.Module] = {
+        n: m for m, n in names.items() if isinstance(m, COUNTED_TYPES + NORM_TYPES)
+    }
+    # Per layer: (group, root channel) behind each input / output index.
+    in_map: dict[str, list[tuple[int, int] | None]] = {}
+    out_map: dict[str, list[tuple[int, int] | None]] = {}
+    for n, m in layer_of.items():
+        cin, cout = _channels(m)
+        in_map[n], out_map[n] = [None] * cin, [None] * cout
+
+    groups_raw: list[tuple[str, int, list[str]]] = []
+    fixed: dict[str, str] = {}
+    for tp_group in tp_groups:
+        root_mod = tp_group[0].dep.target.module
+        root = names[root_mod]
+        size = _channels(root_mod)[1]
+        members: list[str] = []
+        why = None
+        for item in tp_group:
+            mod = item.dep.target.module
+            node = item.dep.target
+            if node in cross_nodes:
+                why = "a cross-channel layer (LRN/GroupNorm/LayerNorm) mixes its channels"
+            if isinstance(mod, tp.ops._OutputOp):
+                why = "its channels are the model's output"
+                continue
+            if not isinstance(mod, nn.Module) or isinstance(mod, tp.ops._ElementWiseOp):
+                continue
+            name = names.get(mod)
+            if name is None:
+                continue
+            if isinstance(mod, CROSS_CHANNEL_TYPES):
+                why = f"layer {name!r} ({type(mod).__name__}) mixes channels"
+            elif not isinstance(mod, COUNTED_TYPES + NORM_TYPES + (nn.PReLU,)) and any(
+                True for _ in mod.parameters(recurse=False)
+            ):
+                raise GraphError(
+                    f"layer {name!r} ({type(mod).__name__}) sits in the prunable channel group "
+                    f"of {root!r} and taperprune cannot mask it exactly; exclude it with "
+                    f"--exclude {name!r} (Python: exclude=[{name!r}])."
+                )
+            members.append(name)
+            if name in producers and dg.is_out_channel_pruning_fn(item.dep.handler):
+                why = "its channels are the model's output"
+            if _matches(name, exclude):
+                why = f"layer {name!r} is excluded"
+        if why is not None:
+            fixed[root] = why
+            continue
+        gi = len(groups_raw)
+        groups_raw.append((root, size, members))
+        for item in tp_group:
+            mod = item.dep.target.module
+            name = names.get(mod) if isinstance(mod, nn.Module) else None
+            if name not in layer_of:
+                continue
+            lay = layer_of[name]
+            both = isinstance(lay, NORM_TYPES) or _is_depthwise(lay)
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            for local, r in zip(item.idxs, item.root_idxs, strict=True):
+                if both or is_out:
+                    out_map[name][local] = (gi, r)
+                if both or not is_out:
+                    in_map[name][local] = (gi, r)
+
+    # Tie channels of grouped convs by position within their conv group.
+    uf = _UnionFind()
+    bad_groups: set[int] = set()
+    for name, m in layer_of.items():
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups == 1 or _is_depthwise(m):
+            continue
+        for side in (in_map[name], out_map[name]):
+            per = len(side) // m.groups
+            for p in range(per):
+                members_at = [side[j * per + p] for j in range(m.groups)]
+                live = [x for x in members_at if x is not None]
+                if len(live) != len(members_at) or len({g for g, _ in live}) > 1:
+                    bad_groups.update(g for g, _ in live)
+                    continue
+                for x in live[1:]:
+                    uf.union(live[0], x)
+    for g in sorted(bad_groups):
+        fixed[groups_raw[g][0]] = "its channels feed a grouped conv together with fixed channels"
+
+    # Number the units: group order, then lowest root channel.
+    unit_of: dict[tuple[int, int], int] = {}
+    unit_group: list[int] = []
+    unit_size: list[int] = []
+    groups: list[ChannelGroup] = []
+    remap: dict[int, int] = {}
+    order = sorted(
+        (g for g in range(len(groups_raw)) if g not in bad_groups),
+        key=lambda g: all_names.index(groups_raw[g][0]),
+    )
+    for g in order:
+        root, size, members = groups_raw[g]
+        new_g = len(groups)
+        remap[g] = new_g
+        ch_units = []
+        for r in range(size):
+            rep = uf.find((g, r))
+            if rep not in unit_of:
+                unit_of[rep] = len(unit_group)
+                unit_group.append(new_g)
+                unit_size.append(0)
+            u = unit_of[rep]
+            unit_size[u] += 1
+            ch_units.append(u)
+        groups.append(
+            ChannelGroup(new_g, root, torch.tensor(ch_units, dtype=torch.long), tuple(members))
+        )
+
+    def to_units(side: list[tuple[int, int] | None]) -> torch.Tensor:
+        return torch.tensor(
+            [
+                unit_of[uf.find(x)] if x is not None and x[0] in remap else FIXED
+                for x in side
+            ],
+            dtype=torch.long,
+        )
+
+    layers: dict[str, LayerChannels] = {}
+    batch = int(example_input.shape[0])
+    for name, m in layer_of.items():
+        if isinstance(m, NORM_TYPES):
+            layers[name] = LayerChannels(name, "norm", to_units(in_map[name]),
+                                         to_units(out_map[name]))
+            continue
+        outs = tuple(tuple(s) for s in shapes.get(name, []))
+        layers[name] = LayerChannels(
+            name,
+            "linear" if isinstance(m, nn.Linear) else "conv",
+            to_units(in_map[name]),
+            to_units(out_map[name]),
+            conv_groups=getattr(m, "groups", 1),
+            macs_per_pair=_macs_per_pair(m, outs, batch),
+            output_shapes=outs,
+        )
+    if not groups:
+        reasons = "; ".join(f"{r}: {w}" for r, w in list(fixed.items())[:5])
+        raise GraphError(
+            "the model has no prunable channel group (every group is fixed"
+            + (f" — {reasons}" if reasons else "")
+            + "). Check --exclude, or prune a model with hidden conv/linear layers."
+        )
+    graph = ChannelGraph(
+        groups=groups,
+        layers=layers,
+        unit_group=torch.tensor(unit_group, dtype=torch.long),
+        unit_size=torch.tensor(unit_size, dtype=torch.long),
+        input_shape=tuple(example_input.shape[1:]),
+        fixed_groups=fixed,
+    )
+    graph.mask_sites = _mask_sites(dg, names, layers, layer_of)
+    return graph
+
+
+def _channels(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if isinstance(m, NORM_TYPES):
+        return m.num_features, m.num_features
+    return m.in_channels, m.out_channels  # type: ignore[return-value]
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        and m.groups > 1
+        and m.groups == m.in_channels == m.out_channels
+    )
+
+
+def _macs_per_pair(m: nn.Module, outs: tuple[tuple[int, ...], ...], batch: int) -> int:
+    """MACs per sample for one (input channel, output channel) pair, summed over calls."""
+    total = 0
+    for shape in outs:
+        if isinstance(m, nn.Linear):
+            tokens = 1
+            for s in shape[:-1]:
+                tokens *= s
+            total += tokens // batch
+        else:
+            k = 1
+            for s in m.kernel_size:  # type: ignore[union-attr]
+                k *= int(s)
+            spatial = 1
+            for s in shape[2:]:
+                spatial *= s
+            total += k * spatial
+    return total
+
+
+def _mask_sites(
+    dg: tp.DependencyGraph,
+    names: dict[nn.Module, str],
+    layers: dict[str, LayerChannels],
+    layer_of: dict[str, nn.Module],
+) -> list[tuple[str, str]]:
+    """Where masks go: every BN of a group, and each producer not followed only by such a BN."""
+    sites: list[tuple[str, str]] = []
+    for name, lay in layers.items():
+        if not bool((lay.out_units != FIXED).any()):
+            continue
+        if lay.kind == "norm":
+            sites.append((name, "norm"))
+            continue
+        node = dg.module2node.get(layer_of[name])
+        nexts = [] if node is None else node.outputs
+        followed_by_norm = bool(nexts) and all(
+            isinstance(n.module, NORM_TYPES)
+            and names.get(n.module) in layers
+            and torch.equal(layers[names[n.module]].out_units, lay.out_units)
+            for n in nexts
+        )
+        if not followed_by_norm:
+            sites.append((name, "weight"))
+    return sites
+
+
+def prune_channels(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) -> nn.Module:
+    """Physically remove, in place, the channels of every unit with keep == False."""
+    if keep.shape != (graph.num_units,):
+        raise ValueError(f"keep must have shape ({graph.num_units},), got {tuple(keep.shape)}")
+    counts = torch.zeros(len(graph.groups), dtype=torch.long).index_add_(
+        0, graph.unit_group, keep.long().cpu()
+    )
+    if bool((counts == 0).any()):
+        empty = [graph.groups[i].root for i in torch.nonzero(counts == 0).flatten().tolist()]
+        raise ValueError(f"every group must keep at least one unit; empty: {empty}")
+    example = torch.zeros((1, *graph.input_shape))
+    param = next(model.parameters(), None)
+    if param is not None:
+        example = example.to(param.device, param.dtype)
+    was_training = model.training
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    model.train(was_training)
+    modules = dict(model.named_modules())
+    for root, idxs in graph.removed_root_channels(keep.cpu()).items():
+        mod = modules[root]
+        fn = dg.get_pruner_of_module(mod).prune_out_channels
+        dg.get_pruning_group(mod, fn, idxs).prune()
+    _check_widths(modules, graph, keep.cpu())
+    return model
+
+
+def _check_widths(modules: dict[str, nn.Module], graph: ChannelGraph, keep: torch.Tensor) -> None:
+    """Post-condition of surgery: every layer has exactly the widths the plan says."""
+    for name, idx in graph.kept_indices(keep).items():
+        got = _channels(modules[name])
+        want = (len(idx["in"]), len(idx["out"]))
+        if got != want:
+            raise GraphError(
+                f"channel removal left layer {name!r} with (in, out) = {got}, expected {want}; "
+                "this is a bug in taperprune or torch-pruning: please report it with the model."
+            )
