@@ -1,0 +1,67 @@
+"""Budgets as users write them: fractions of the original MACs, or absolute MACs ("3.87G")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .errors import BudgetError
+
+_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_budget(value: float | int | str, full_macs: int) -> int:
+    """One budget in MACs: a number in (0, 1) is a fraction of `full_macs`, else absolute MACs."""
+    text = str(value).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(?:MACs?)?", text)
+    if m is None:
+        raise BudgetError(
+            f"budget {text!r} is not a number: write a fraction of the original MACs "
+            "(e.g. 0.25) or absolute MACs (e.g. 3.87G, 500M)"
+        )
+    number, suffix = float(m.group(1)), m.group(2).upper()
+    if suffix == "" and number < 1:
+        if number <= 0:
+            raise BudgetError(f"budget {text} must be > 0")
+        return int(round(number * full_macs))
+    macs = number * _SUFFIX[suffix]
+    if suffix == "" and number == 1:
+        raise BudgetError(
+            "budget 1 is the full model: give a fraction below 1 (e.g. 0.5) or absolute MACs"
+        )
+    if macs >= full_macs:
+        raise BudgetError(
+            f"budget {text} ({macs:,.0f} MACs) is not below the model's {full_macs:,} MACs; "
+            "give a smaller budget"
+        )
+    return int(round(macs))
+
+
+def parse_budgets(values: Sequence[float | int | str] | str, full_macs: int, minimum: float) -> list[int]:
+    """A strictly decreasing list of budgets in MACs, each reachable (≥ `minimum`)."""
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if not values:
+        raise BudgetError("give at least one budget, e.g. --budgets 0.5,0.25")
+    out = [parse_budget(v, full_macs) for v in values]
+    for a, b in zip(out, out[1:], strict=False):
+        if b >= a:
+            raise BudgetError(
+                f"budgets must be strictly decreasing, got {list(values)} "
+                f"({a:,} then {b:,} MACs); list them from largest to smallest"
+            )
+    if out[-1] < minimum:
+        raise BudgetError(
+            f"budget {values[-1]} ({out[-1]:,} MACs) is below the least this model can reach "
+            f"with one channel left in every prunable group: {minimum:,.0f} MACs "
+            f"({minimum / full_macs:.2%} of {full_macs:,}); choose a budget ≥ that"
+        )
+    return out
+
+
+def format_macs(macs: float) -> str:
+    """Human-readable MACs: 15.47G, 724.4M, 1.2K."""
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(macs) >= scale:
+            return f"{macs / scale:.4g}{suffix}"
+    return f"{macs:.0f}"

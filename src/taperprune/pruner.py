@@ -1,0 +1,350 @@
+"""`TaperPruner`: channel pruning to a MAC budget inside any training loop.
+
+    pruner = TaperPruner(model, example_input, budgets=[0.5, 0.25])
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        loss.backward()            # also fills the mask gradients
+        optimizer.step()
+        pruner.step(loss)          # scores, taper, λ solve, snapshot when a budget is reached
+        optimizer.zero_grad()
+        if pruner.done:
+            break
+    small = pruner.export(0.25)    # an ordinary, physically smaller nn.Module
+
+`pruner.step` must come after `loss.backward()`; before or after `optimizer.step()`
+makes no difference (the masks are not parameters of the optimizer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import schedule as sched
+from .budget import parse_budgets
+from .constraint import group_interactions, minimum_macs, solve_budget
+from .cost import build_cost_model, layer_macs, macs_and_marginals
+from .errors import TaperpruneError
+from .graph import FIXED, build_graph
+from .masks import ChannelMasks, remove_masked
+from .scores import bn_gamma_scores, corrected_scores, update_scores
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Every setting of the pruning method, validated on construction."""
+
+    schedule: sched.ScheduleConfig = field(default_factory=sched.ScheduleConfig)
+    warmup_steps: int = 50  # steps that only collect scores and the reference loss
+    score_beta: float = 0.99  # EMA rate of the Taylor scores
+    score: str = "taylor"  # "taylor" | "bn_gamma" (ablation)
+    price: str = "macs"  # "macs" | "uniform" (ablation: every unit costs the same)
+    max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be ≥ 1, got {self.warmup_steps}")
+        if not 0 <= self.score_beta < 1:
+            raise ValueError(f"score_beta must be in [0, 1), got {self.score_beta}")
+        if self.score not in ("taylor", "bn_gamma"):
+            raise ValueError(f"score must be 'taylor' or 'bn_gamma', got {self.score!r}")
+        if self.price not in ("macs", "uniform"):
+            raise ValueError(f"price must be 'macs' or 'uniform', got {self.price!r}")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One row of the trace."""
+
+    step: int
+    phase: str  # "warmup" | "taper" | "done" | "skipped"
+    budget: float
+    macs: float
+    lam: float
+    rate: float
+    paused: bool
+    loss: float
+    loss_ema: float
+    removed: int
+    live_units: int
+
+
+@dataclass
+class Snapshot:
+    """The network at the moment a requested budget was first reached."""
+
+    target: int  # requested budget, MACs
+    macs: int  # MACs reached
+    step: int
+    keep: torch.Tensor  # (N,) bool
+    model: nn.Module  # physically pruned copy
+    widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
+
+
+class TaperPruner:
+    """Prunes `model` in place (by masks) down to each of `budgets`, one snapshot each."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        budgets: Sequence[float | int | str] | str,
+        *,
+        config: PrunerConfig | None = None,
+        exclude: Sequence[str] = (),
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+        keep_snapshot_models: bool = True,
+    ) -> None:
+        self.model = model
+        self.config = config or PrunerConfig()
+        self.graph = build_graph(model, example_input, exclude=exclude)
+        self.cost = build_cost_model(self.graph)
+        self.full_macs = self.cost.full_macs
+        n_groups = len(self.graph.groups)
+        self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups)
+        self.budgets = parse_budgets(budgets, self.full_macs, self.min_macs)
+        self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
+        self.masks = ChannelMasks(model, self.graph)
+        self.scores = torch.zeros(self.graph.num_units, dtype=torch.float64)
+        self.on_snapshot = on_snapshot
+        self.keep_snapshot_models = keep_snapshot_models
+        self.snapshots: dict[int, Snapshot] = {}
+        self.trace: list[StepRecord] = []
+        self._steps = 0
+        self._score_steps = 0
+        self._ref_sum = 0.0
+        self._ref_count = 0
+        self._bad_steps = 0
+        self._next = 0  # index of the next budget to reach
+        self._lam = 0.0
+        self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def done(self) -> bool:
+        """True once the last budget has been reached (its snapshot taken)."""
+        return self._next >= len(self.budgets)
+
+    @property
+    def macs(self) -> float:
+        """MACs per sample of the masked network now."""
+        return macs_and_marginals(self.cost, self.masks.keep)[0]
+
+    @property
+    def keep(self) -> torch.Tensor:
+        return self.masks.keep
+
+    @property
+    def lam(self) -> float:
+        """The price of a MAC (loss per MAC) set by the last budget solve."""
+        return self._lam
+
+    @property
+    def ref_loss(self) -> float:
+        return self._ref_sum / self._ref_count if self._ref_count else math.nan
+
+    def layer_macs(self) -> dict[str, int]:
+        return layer_macs(self.cost, self.masks.keep)
+
+    def widths(self, keep: torch.Tensor | None = None) -> dict[str, int]:
+        """Output channels left in every conv/linear layer."""
+        keep = self.masks.keep if keep is None else keep
+        ext = torch.cat([keep, torch.ones(1, dtype=torch.bool)])
+        return {
+            n: int(ext[lay.out_units].sum())
+            for n, lay in self.graph.layers.items()
+            if lay.kind != "norm"
+        }
+
+    # ---------------------------------------------------------------- the step
+    def step(self, loss: torch.Tensor | float) -> StepRecord:
+        """Call once per optimizer step, after `loss.backward()`."""
+        loss_v = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        grad = self.masks.grad
+        if grad is None:
+            raise TaperpruneError(
+                "pruner.step() found no mask gradients: call loss.backward() on a loss computed "
+                "by the pruned model before pruner.step(loss)"
+            )
+        self._steps += 1
+        ok = math.isfinite(loss_v) and bool(torch.isfinite(grad).all())
+        if not ok:
+            self.masks.zero_grad()
+            self._bad_steps += 1
+            if self._bad_steps >= self.config.max_bad_steps:
+                raise TaperpruneError(
+                    f"{self._bad_steps} consecutive steps had a non-finite loss or gradient; "
+                    "lower the learning rate or check the data"
+                )
+            return self._record("skipped", loss_v, 0)
+        self._bad_steps = 0
+        self._update_scores(grad)
+        self.masks.zero_grad()
+        if self.done:
+            return self._record("done", loss_v, 0)
+        if self._score_steps <= self.config.warmup_steps:
+            self._ref_sum += loss_v
+            self._ref_count += 1
+            return self._record("warmup", loss_v, 0)
+
+        target = self.budgets[self._next]
+        self.taper = sched.advance(
+            self.config.schedule,
+            self.taper,
+            full=self.full_macs,
+            final=self.budgets[-1],
+            loss=loss_v,
+            ref_loss=self.ref_loss,
+            targets=tuple(float(b) for b in self.budgets),
+        )
+        budget = max(self.taper.budget, float(target))
+        self.taper = replace(self.taper, budget=budget)
+        sol = solve_budget(
+            self.cost,
+            self._current_scores(),
+            self.masks.keep,
+            budget,
+            self.graph.unit_group,
+            self.interactions,
+            uniform_price=self.config.price == "uniform",
+        )
+        if sol.removed:
+            self.masks.set_keep(sol.keep)
+            self._lam = sol.lam
+        record = self._record("taper", loss_v, sol.removed, macs=sol.macs)
+        while not self.done and sol.macs <= self.budgets[self._next]:
+            self._take_snapshot(self.budgets[self._next], sol.macs, sol.keep)
+            self._next += 1
+        return record
+
+    def _update_scores(self, grad: torch.Tensor) -> None:
+        self._score_steps += 1
+        if self.config.score == "taylor":
+            self.scores = update_scores(self.scores, grad, self.config.score_beta)
+
+    def _current_scores(self) -> torch.Tensor:
+        if self.config.score == "bn_gamma":
+            return self._bn_gamma()
+        return corrected_scores(self.scores, self.config.score_beta, self._score_steps)
+
+    def _bn_gamma(self) -> torch.Tensor:
+        modules = dict(self.model.named_modules())
+        n = self.graph.num_units
+        pairs = []
+        for name, kind in self.graph.mask_sites:
+            mod = modules[name]
+            if kind == "norm" and getattr(mod, "weight", None) is not None:
+                units = self.graph.layers[name].out_units
+                pairs.append((mod.weight, torch.where(units == FIXED, n, units)))
+        return bn_gamma_scores(pairs, n)
+
+    def _record(self, phase: str, loss: float, removed: int, macs: float | None = None) -> StepRecord:
+        rec = StepRecord(
+            step=self._steps,
+            phase=phase,
+            budget=self.taper.budget,
+            macs=self.macs if macs is None else macs,
+            lam=self._lam,
+            rate=self.taper.rate,
+            paused=self.taper.paused,
+            loss=loss,
+            loss_ema=sched.loss_estimate(self.taper, self.config.schedule.loss_beta),
+            removed=removed,
+            live_units=int(self.masks.keep.sum()),
+        )
+        self.trace.append(rec)
+        return rec
+
+    def _take_snapshot(self, target: int, reached: float, keep: torch.Tensor) -> None:
+        small = remove_masked(self.model, self.graph, keep) if self.keep_snapshot_models else None
+        snap = Snapshot(
+            target=target,
+            macs=int(round(reached)),
+            step=self._steps,
+            keep=keep.clone(),
+            model=small,  # type: ignore[arg-type]
+            widths=self.widths(keep),
+        )
+        self.snapshots[target] = snap
+        if self.on_snapshot is not None:
+            self.on_snapshot(snap)
+
+    # ---------------------------------------------------------------- export
+    def export(self, budget: float | int | str | None = None) -> nn.Module:
+        """The physically pruned model: of the snapshot at `budget`, or of the masks now."""
+        if budget is None:
+            return remove_masked(self.model, self.graph, self.masks.keep)
+        target = parse_budgets([budget], self.full_macs, 0)[0]
+        snap = self.snapshots.get(target)
+        if snap is None:
+            have = ", ".join(f"{b:,}" for b in self.snapshots) or "none yet"
+            raise TaperpruneError(
+                f"no snapshot at budget {budget} ({target:,} MACs); snapshots taken: {have}"
+            )
+        if snap.model is None:
+            raise TaperpruneError(
+                f"the snapshot at {budget} was restored from a saved state without its weights; "
+                "load it from the run directory instead (taperprune.load)"
+            )
+        return snap.model
+
+    def finalize(self) -> nn.Module:
+        """Remove the masks from the model (its forward is its own again); returns the model."""
+        self.masks.remove()
+        return self.model
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue pruning: tensors and plain numbers only."""
+        return {
+            "keep": self.masks.keep.clone(),
+            "scores": self.scores.clone(),
+            "steps": self._steps,
+            "score_steps": self._score_steps,
+            "ref_sum": self._ref_sum,
+            "ref_count": self._ref_count,
+            "bad_steps": self._bad_steps,
+            "next": self._next,
+            "lam": self._lam,
+            "taper": asdict(self.taper),
+            "budgets": list(self.budgets),
+            "snapshots": {
+                str(t): {"macs": s.macs, "step": s.step, "keep": s.keep.clone()}
+                for t, s in self.snapshots.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["budgets"]) != list(self.budgets):
+            raise TaperpruneError(
+                f"the saved pruner state has budgets {state['budgets']}, this pruner "
+                f"{self.budgets}: resume with the same budgets"
+            )
+        keep = state["keep"]
+        if keep.shape != (self.graph.num_units,):
+            raise TaperpruneError(
+                f"the saved pruner state has {keep.shape[0]} units, this model "
+                f"{self.graph.num_units}: it was saved for another model"
+            )
+        self.masks.set_keep(keep)
+        self.scores = state["scores"].clone().to(torch.float64)
+        self._steps = int(state["steps"])
+        self._score_steps = int(state["score_steps"])
+        self._ref_sum = float(state["ref_sum"])
+        self._ref_count = int(state["ref_count"])
+        self._bad_steps = int(state["bad_steps"])
+        self._next = int(state["next"])
+        self._lam = float(state["lam"])
+        self.taper = sched.TaperState(**state["taper"])
+        self.snapshots = {}
+        for t, s in state["snapshots"].items():
+            k = s["keep"].bool()
+            # The weights at snapshot time are not in the state: they live in the run directory.
+            self.snapshots[int(t)] = Snapshot(
+                int(t), int(s["macs"]), int(s["step"]), k, None, self.widths(k)  # type: ignore[arg-type]
+            )
