@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up everything taperprune needs on a fresh Debian machine, and nothing twice:
+# the virtualenv (.venv), the package with its dev tools, and the Fashion-MNIST files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+
+# Reinstall only when the dependency list changed (torch alone is ~5 GB).
+stamp=.venv/.taperprune-deps
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import taperprune" 2>/dev/null; then
+  echo "setup: installing taperprune and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+# Fashion-MNIST comes from Debian's package (no downloads at run time).
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "setup: installing Debian package dataset-fashion-mnist"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+echo "setup: ready (.venv/bin/taperprune)"

@@ -1,0 +1,348 @@
+"""The ready training loop of the CLI: pretrain, prune with the taper, fine-tune each snapshot.
+
+Writes the run directory:
+
+    OUT/config.yaml  trace.csv  summary.json  base/  snapshots/<label>/{plan.json,
+    model.safetensors, metrics.json}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .budget import format_macs
+from .cost import count_macs
+from .data import DataBundle, load_data
+from .errors import TaperpruneError
+from .export import count_params, load_weights, make_plan, save_snapshot, save_weights, write_atomic, write_json
+from .models import build_model
+from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner
+from .schedule import ScheduleConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a `taperprune prune` run (the CLI and config.yaml map onto it)."""
+
+    model: str = "demo_cnn"
+    data: str = "fashion-mnist"
+    budgets: tuple[str, ...] = ("0.5", "0.25", "0.125")
+    out: str = "runs/demo"
+    seed: int = 0
+    weights: str | None = None  # a state dict to start from; else pretrain
+    pretrain_epochs: float = 2.0  # used only when no weights are given
+    taper_epochs: float = 1.0  # the taper reaches the last budget within this
+    finetune_epochs: float = 1.0  # per snapshot, at fixed structure
+    batch_size: int = 128
+    lr: float = 0.05
+    finetune_lr: float = 0.01
+    prune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    schedule: str = "adaptive"
+    tolerance: float = 0.05
+    warmup_steps: int = 50
+    score: str = "taylor"
+    price: str = "macs"
+    exclude: tuple[str, ...] = ()
+    device: str = "cpu"
+    amp: str | None = None  # None | "bf16" | "fp16"
+    workers: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+    image_size: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise TaperpruneError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise TaperpruneError(f"amp must be bf16 or fp16, got {self.amp!r}")
+        for name in ("pretrain_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise TaperpruneError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.taper_epochs <= 0:
+            raise TaperpruneError(f"taper_epochs must be > 0, got {self.taper_epochs}")
+
+
+@dataclass
+class SnapshotResult:
+    label: str
+    target: int
+    macs: int
+    params: int
+    step: int
+    acc_at_snapshot: float
+    acc_finetuned: float
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    full_macs: int
+    full_params: int
+    base_acc: float
+    snapshots: list[SnapshotResult]
+    seconds: float
+    out: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TaperpruneError("--device cuda was asked for, but no CUDA GPU is available here")
+    return torch.device(name)
+
+
+def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy in %."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(x.to(device))
+            correct += int((out.argmax(1).cpu() == y).sum())
+            total += len(y)
+    model.train(was)
+    return 100.0 * correct / max(total, 1)
+
+
+def _batches(loader: torch.utils.data.DataLoader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`steps` batches, cycling through epochs."""
+    done = 0
+    while done < steps:
+        for batch in loader:
+            yield batch
+            done += 1
+            if done >= steps:
+                return
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    steps: int,
+    lr: float,
+    device: torch.device,
+    console: Console,
+    label: str,
+) -> float:
+    """Plain training with cosine LR for `steps`; returns the last loss."""
+    if steps <= 0:
+        return math.nan
+    opt = make_optimizer(cfg, model, lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
+    loss_f = nn.CrossEntropyLoss()
+    model.train()
+    last = math.nan
+    with _progress(console) as prog:
+        task = prog.add_task(label, total=steps, info="")
+        for i, (x, y) in enumerate(_batches(data.train, steps)):
+            with _autocast(cfg, device):
+                loss = loss_f(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            last = float(loss.detach())
+            if i % 10 == 0 or i == steps - 1:
+                prog.update(task, completed=i + 1, info=f"loss {last:.3f}")
+    return last
+
+
+def _write_trace(path: Path, trace: list[StepRecord]) -> None:
+    buf = io.StringIO()
+    fields = list(StepRecord.__dataclass_fields__)
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for rec in trace:
+        writer.writerow(asdict(rec))
+    write_atomic(path, buf.getvalue())
+
+
+def budget_label(target: int, full: int) -> str:
+    """Directory name of a snapshot: its share of the full MACs, e.g. '25.0pct'."""
+    return f"{100.0 * target / full:.4g}pct"
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write over another run unless asked to."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "config.yaml").exists():
+            raise TaperpruneError(
+                f"output directory {out} exists and is not a taperprune run; choose another --out"
+            )
+        if not overwrite:
+            raise TaperpruneError(
+                f"output directory {out} already holds a run; pass --overwrite to replace it "
+                "or choose another --out"
+            )
+
+
+def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool = False) -> RunResult:
+    """The whole pipeline: data, model, (pretrain), taper with snapshots, fine-tune, files."""
+    console = console or Console()
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    check_out_dir(out, overwrite)
+    seed_everything(cfg.seed)
+    device = _device(cfg.device)
+    data = load_data(
+        cfg.data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        image_size=cfg.image_size,
+        train_limit=cfg.train_limit,
+        test_limit=cfg.test_limit,
+    )
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.input_shape[0], **cfg.model_kwargs}
+    model = build_model(cfg.model, **kwargs)
+    if cfg.weights:
+        state = load_weights(Path(cfg.weights))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TaperpruneError(f"weights {cfg.weights} do not fit model {cfg.model}: {exc}") from exc
+    model.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = asdict(cfg) | {"budgets": list(cfg.budgets), "exclude": list(cfg.exclude)}
+    write_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    steps_per_epoch = len(data.train)
+    if steps_per_epoch == 0:
+        raise TaperpruneError(f"data set {cfg.data} has fewer examples than one batch ({cfg.batch_size})")
+
+    if not cfg.weights and cfg.pretrain_epochs > 0:
+        fit(model, data, cfg, steps=int(cfg.pretrain_epochs * steps_per_epoch), lr=cfg.lr,
+            device=device, console=console, label="pretrain")
+    base_acc = evaluate(model, data.test, device)
+    example = torch.zeros((1, *data.input_shape), device=device)
+    full_macs = count_macs(model, example)
+    full_params = count_params(model)
+    save_weights(out / "base" / "model.safetensors", model)
+    console.print(
+        f"unpruned: {format_macs(full_macs)} MACs, {full_params:,} params, top-1 {base_acc:.2f}%"
+    )
+
+    taper_steps = max(1, int(cfg.taper_epochs * steps_per_epoch))
+    pcfg = PrunerConfig(
+        schedule=ScheduleConfig(kind=cfg.schedule, steps=taper_steps, tolerance=cfg.tolerance),  # type: ignore[arg-type]
+        warmup_steps=cfg.warmup_steps,
+        score=cfg.score,
+        price=cfg.price,
+    )
+    snaps: list[Snapshot] = []
+    pruner = TaperPruner(model, example, list(cfg.budgets), config=pcfg, exclude=cfg.exclude,
+                         on_snapshot=snaps.append)
+    opt = make_optimizer(cfg, model, cfg.prune_lr)
+    loss_f = nn.CrossEntropyLoss()
+    model.train()
+    max_steps = cfg.warmup_steps + taper_steps + 1
+    with _progress(console) as prog:
+        task = prog.add_task("prune", total=max_steps, info="")
+        for i, (x, y) in enumerate(_batches(data.train, max_steps)):
+            with _autocast(cfg, device):
+                loss = loss_f(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rec = pruner.step(loss)
+            if i % 10 == 0 or pruner.done:
+                prog.update(
+                    task,
+                    completed=i + 1,
+                    info=f"MACs {100 * rec.macs / full_macs:5.1f}%  λ {rec.lam:.2e}  "
+                    f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  loss {rec.loss:.3f}",
+                )
+            if pruner.done:
+                break
+    if not pruner.done:
+        raise TaperpruneError("the taper did not reach the last budget; this is a bug: please report it")
+    _write_trace(out / "trace.csv", pruner.trace)
+
+    results = []
+    for snap in snaps:
+        t0 = time.perf_counter()
+        small = snap.model
+        acc0 = evaluate(small, data.test, device)
+        label = budget_label(snap.target, full_macs)
+        fit(small, data, cfg, steps=int(cfg.finetune_epochs * steps_per_epoch),
+            lr=cfg.finetune_lr, device=device, console=console, label=f"fine-tune {label}")
+        acc1 = evaluate(small, data.test, device) if cfg.finetune_epochs > 0 else acc0
+        params = count_params(small)
+        plan = make_plan(pruner.graph, snap.keep, model_name=cfg.model, model_kwargs=kwargs,
+                         macs=snap.macs, params=params, target=snap.target)
+        res = SnapshotResult(label, snap.target, snap.macs, params, snap.step, acc0, acc1,
+                             time.perf_counter() - t0)
+        metrics = asdict(res) | {
+            "macs_fraction": snap.macs / full_macs,
+            "budget_error_macs": snap.macs - snap.target,
+            "full_macs": full_macs,
+            "full_params": full_params,
+            "base_acc": base_acc,
+        }
+        save_snapshot(out / "snapshots" / label, small, plan, metrics)
+        results.append(res)
+    result = RunResult(full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out)
+    write_json(out / "summary.json", {
+        "full_macs": full_macs, "full_params": full_params, "base_acc": base_acc,
+        "seconds": result.seconds, "snapshots": [asdict(r) for r in results],
+    })
+    return result
