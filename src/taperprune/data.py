@@ -1,0 +1,215 @@
+"""Built-in data sets: Fashion-MNIST (Debian's files), CIFAR-10 binary, ImageFolder, synthetic."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import DataError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+SPEC_FORMS = "fashion-mnist[:DIR], cifar10:DIR, imagefolder:DIR, synthetic[:CxHxW:K]"
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    train: DataLoader
+    test: DataLoader
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    name: str
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """'cifar10:/data' -> ('cifar10', '/data'); unknown kinds are an error."""
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in ("fashion-mnist", "cifar10", "imagefolder", "synthetic"):
+        raise DataError(f"unknown data set {spec!r}; use one of: {SPEC_FORMS}")
+    if kind in ("cifar10", "imagefolder") and not arg:
+        raise DataError(f"data set {kind} needs a path: {kind}:/path/to/data")
+    return kind, arg or None
+
+
+def fashion_mnist_available(directory: Path = FASHION_MNIST_DIR) -> bool:
+    return all(_find_idx(directory, f) is not None for f in _FMNIST_FILES.values())
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array; corrupt files name themselves."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} is corrupted or truncated ({exc})") from exc
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = int(np.prod(dims))
+    if len(raw) != header + size:
+        raise DataError(
+            f"{path} is truncated or corrupted: header says {dims} ({size} bytes), "
+            f"file has {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _fashion_mnist(directory: Path) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
+    paths = {k: _find_idx(directory, f) for k, f in _FMNIST_FILES.items()}
+    missing = [_FMNIST_FILES[k] + ".gz" for k, p in paths.items() if p is None]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST files missing in {directory}: {', '.join(missing)}. Install them with "
+            "`sudo apt-get install dataset-fashion-mnist`, or pass fashion-mnist:/dir holding "
+            "the four IDX files (train-images-idx3-ubyte.gz, ...)"
+        )
+    arrays = {k: read_idx(p) for k, p in paths.items() if p is not None}
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
+        return (x - 0.2860) / 0.3530
+
+    train = TensorDataset(images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)))
+    test = TensorDataset(images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64)))
+    return train, test, 10, (1, 28, 28)
+
+
+def _cifar10(directory: Path) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
+    if (directory / "cifar-10-batches-bin").is_dir():
+        directory = directory / "cifar-10-batches-bin"
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise DataError(
+            f"CIFAR-10 binary files missing in {directory}: {', '.join(missing)}; expected the "
+            "binary version (cifar-10-batches-bin/data_batch_1.bin ... test_batch.bin)"
+        )
+
+    def read(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = np.fromfile(directory / name, dtype=np.uint8)
+        if raw.size % 3073:
+            raise DataError(f"{directory / name} is truncated: {raw.size} bytes is not n·3073")
+        rec = raw.reshape(-1, 3073)
+        x = torch.from_numpy(rec[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
+        mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+        std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+        return (x - mean) / std, torch.from_numpy(rec[:, 0].astype(np.int64))
+
+    parts = [read(n) for n in names[:5]]
+    train = TensorDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    test = TensorDataset(*read(names[5]))
+    return train, test, 10, (3, 32, 32)
+
+
+def _imagefolder(directory: Path, size: int) -> tuple[Dataset, Dataset, int, tuple[int, int, int]]:
+    from torchvision import datasets, transforms
+
+    for sub in ("train", "val"):
+        if not (directory / sub).is_dir():
+            raise DataError(
+                f"{directory / sub} is missing; imagefolder:DIR expects DIR/train/<class>/*.jpg "
+                "and DIR/val/<class>/*.jpg"
+            )
+    norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+         transforms.ToTensor(), norm]
+    )
+    val_tf = transforms.Compose(
+        [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
+         transforms.ToTensor(), norm]
+    )
+    train = datasets.ImageFolder(str(directory / "train"), transform=train_tf)
+    val = datasets.ImageFolder(str(directory / "val"), transform=val_tf)
+    if train.classes != val.classes:
+        raise DataError(
+            f"class folders differ between {directory / 'train'} and {directory / 'val'}: "
+            f"{train.classes[:5]}... vs {val.classes[:5]}..."
+        )
+    return train, val, len(train.classes), (3, size, size)
+
+
+def _synthetic(arg: str | None, seed: int) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
+    shape_s, _, k_s = (arg or "1x28x28:10").partition(":")
+    try:
+        c, h, w = (int(v) for v in shape_s.lower().split("x"))
+        k = int(k_s or 10)
+    except ValueError:
+        raise DataError(f"synthetic spec {arg!r} is not CxHxW:K, e.g. synthetic:3x32x32:10") from None
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.randn(k, c, h, w, generator=gen)
+
+    def make(n: int) -> TensorDataset:
+        y = torch.randint(0, k, (n,), generator=gen)
+        x = templates[y] + 1.5 * torch.randn(n, c, h, w, generator=gen)
+        return TensorDataset(x, y)
+
+    return make(2048), make(512), k, (c, h, w)
+
+
+def _limit(ds: Dataset, n: int | None, seed: int, shuffle: bool) -> Dataset:
+    if n is None or n >= len(ds):  # type: ignore[arg-type]
+        return ds
+    idx = (
+        torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]  # type: ignore[arg-type]
+        if shuffle
+        else torch.arange(n)
+    )
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def load_data(
+    spec: str,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    workers: int = 0,
+    image_size: int | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    pin_memory: bool = False,
+) -> DataBundle:
+    """Train and test loaders for a data spec (see SPEC_FORMS)."""
+    kind, arg = parse_data_spec(spec)
+    if kind == "fashion-mnist":
+        train, test, k, shape = _fashion_mnist(Path(arg) if arg else FASHION_MNIST_DIR)
+    elif kind == "cifar10":
+        train, test, k, shape = _cifar10(Path(arg or ""))
+    elif kind == "imagefolder":
+        train, test, k, shape = _imagefolder(Path(arg or ""), image_size or 224)
+    else:
+        train, test, k, shape = _synthetic(arg, seed)
+    train = _limit(train, train_limit, seed, shuffle=True)
+    test = _limit(test, test_limit, seed, shuffle=False)
+    if len(train) < batch_size:  # type: ignore[arg-type]
+        raise DataError(f"{spec}: {len(train)} training examples are fewer than one batch ({batch_size})")  # type: ignore[arg-type]
+    extra = {"persistent_workers": True} if workers > 0 else {}
+    return DataBundle(
+        train=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+                         generator=torch.Generator().manual_seed(seed), num_workers=workers,
+                         pin_memory=pin_memory, **extra),
+        test=DataLoader(test, batch_size=max(batch_size, 256), shuffle=False,
+                        num_workers=workers, pin_memory=pin_memory, **extra),
+        num_classes=k,
+        input_shape=shape,
+        name=spec,
+    )
