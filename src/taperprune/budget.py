@@ -25,9 +25,10 @@ def parse_budget(value: float | int | str, full_macs: int) -> int:
             raise BudgetError(f"budget {text} must be > 0")
         return int(round(number * full_macs))
     macs = number * _SUFFIX[suffix]
-    if suffix == "" and number == 1:
+    if suffix == "" and number < 1000:
         raise BudgetError(
-            "budget 1 is the full model: give a fraction below 1 (e.g. 0.5) or absolute MACs"
+            f"budget {text} is neither a fraction below 1 (e.g. 0.5 for half the MACs) nor "
+            "absolute MACs (e.g. 3.87G or 500M); fractions must be in (0, 1)"
         )
     if macs >= full_macs:
         raise BudgetError(

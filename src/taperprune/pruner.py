@@ -86,6 +86,21 @@ class Snapshot:
     widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
 
 
+def check_budgets(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    budgets: Sequence[float | int | str] | str,
+    *,
+    exclude: Sequence[str] = (),
+) -> list[int]:
+    """Validate budgets for a model before any training: MACs, or a BudgetError saying why."""
+    graph = build_graph(model, example_input, exclude=exclude)
+    cost = build_cost_model(graph)
+    return parse_budgets(
+        budgets, cost.full_macs, minimum_macs(cost, graph.unit_group, len(graph.groups))
+    )
+
+
 class TaperPruner:
     """Prunes `model` in place (by masks) down to each of `budgets`, one snapshot each."""
 
@@ -122,6 +137,8 @@ class TaperPruner:
         self._bad_steps = 0
         self._next = 0  # index of the next budget to reach
         self._lam = 0.0
+        self._macs = float(self.full_macs)  # R(masks), updated by every solve
+        self._live = self.graph.num_units
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -133,7 +150,7 @@ class TaperPruner:
     @property
     def macs(self) -> float:
         """MACs per sample of the masked network now."""
-        return macs_and_marginals(self.cost, self.masks.keep)[0]
+        return self._macs
 
     @property
     def keep(self) -> torch.Tensor:
@@ -216,6 +233,8 @@ class TaperPruner:
         if sol.removed:
             self.masks.set_keep(sol.keep)
             self._lam = sol.lam
+            self._macs = sol.macs
+            self._live = int(sol.keep.sum())
         record = self._record("taper", loss_v, sol.removed, macs=sol.macs)
         while not self.done and sol.macs <= self.budgets[self._next]:
             self._take_snapshot(self.budgets[self._next], sol.macs, sol.keep)
@@ -248,14 +267,14 @@ class TaperPruner:
             step=self._steps,
             phase=phase,
             budget=self.taper.budget,
-            macs=self.macs if macs is None else macs,
+            macs=self._macs if macs is None else macs,
             lam=self._lam,
             rate=self.taper.rate,
             paused=self.taper.paused,
             loss=loss,
             loss_ema=sched.loss_estimate(self.taper, self.config.schedule.loss_beta),
             removed=removed,
-            live_units=int(self.masks.keep.sum()),
+            live_units=self._live,
         )
         self.trace.append(rec)
         return rec
@@ -332,6 +351,8 @@ class TaperPruner:
                 f"{self.graph.num_units}: it was saved for another model"
             )
         self.masks.set_keep(keep)
+        self._macs = macs_and_marginals(self.cost, keep)[0]
+        self._live = int(keep.sum())
         self.scores = state["scores"].clone().to(torch.float64)
         self._steps = int(state["steps"])
         self._score_steps = int(state["score_steps"])

@@ -32,7 +32,7 @@ from .data import DataBundle, load_data
 from .errors import TaperpruneError
 from .export import count_params, load_weights, make_plan, save_snapshot, save_weights, write_atomic, write_json
 from .models import build_model
-from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner
+from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner, check_budgets
 from .schedule import ScheduleConfig
 
 
@@ -262,6 +262,8 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
         except RuntimeError as exc:
             raise TaperpruneError(f"weights {cfg.weights} do not fit model {cfg.model}: {exc}") from exc
     model.to(device)
+    example = torch.zeros((1, *data.input_shape), device=device)
+    check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude)  # fail before training
     out.mkdir(parents=True, exist_ok=True)
     resolved = asdict(cfg) | {"budgets": list(cfg.budgets), "exclude": list(cfg.exclude)}
     write_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -273,7 +275,6 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
         fit(model, data, cfg, steps=int(cfg.pretrain_epochs * steps_per_epoch), lr=cfg.lr,
             device=device, console=console, label="pretrain")
     base_acc = evaluate(model, data.test, device)
-    example = torch.zeros((1, *data.input_shape), device=device)
     full_macs = count_macs(model, example)
     full_params = count_params(model)
     save_weights(out / "base" / "model.safetensors", model)
