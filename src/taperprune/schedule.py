@@ -2,7 +2,8 @@
 
 Pure functions of a small state. Budgets are in MACs; `full` is the unpruned cost and
 `final` the last requested budget. Every schedule reaches `final` within `steps`
-taper steps: the adaptive controller slows down when the training loss rises above
+taper steps (plus one step per intermediate budget, where the pruner stops to take an
+exact snapshot): the adaptive controller slows down when the training loss rises above
 the loss measured before pruning, but never below the pace that still meets that
 deadline (a controller that may stall was measured to stall).
 """

@@ -295,7 +295,8 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
     opt = make_optimizer(cfg, model, cfg.prune_lr)
     loss_f = nn.CrossEntropyLoss()
     model.train()
-    max_steps = cfg.warmup_steps + taper_steps + 1
+    # The taper stops one step at each requested budget to snapshot it exactly.
+    max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
     with _progress(console) as prog:
         task = prog.add_task("prune", total=max_steps, info="")
         for i, (x, y) in enumerate(_batches(data.train, max_steps)):
