@@ -52,37 +52,61 @@ def main() -> None:
     if args.only:
         names = [names[int(i)] for i in args.only.split(",")]
     for seed in (int(s) for s in args.seeds.split(",")):
-        base = RunConfig(model=args.model, data=args.data, budgets=budgets, seed=seed,
-                         pretrain_epochs=args.pretrain_epochs, taper_epochs=args.taper_epochs,
-                         finetune_epochs=args.finetune_epochs, **limits)  # type: ignore[arg-type]
+        base = RunConfig(
+            model=args.model,
+            data=args.data,
+            budgets=budgets,
+            seed=seed,
+            pretrain_epochs=args.pretrain_epochs,
+            taper_epochs=args.taper_epochs,
+            finetune_epochs=args.finetune_epochs,
+            **limits,
+        )  # type: ignore[arg-type]
         # One pretraining per seed; every variant starts from these weights.
-        pre = dataclasses.replace(base, out=str(root / f"seed{seed}" / "pretrain"),
-                                  budgets=(budgets[0],), finetune_epochs=0.0)
+        pre = dataclasses.replace(
+            base,
+            out=str(root / f"seed{seed}" / "pretrain"),
+            budgets=(budgets[0],),
+            finetune_epochs=0.0,
+        )
         if not (root / f"seed{seed}" / "pretrain" / "base" / "model.safetensors").exists():
             run_prune(pre, console=console, overwrite=True)
         weights = str(root / f"seed{seed}" / "pretrain" / "base" / "model.safetensors")
         for i, name in enumerate(names):
-            cfg = dataclasses.replace(base, out=str(root / f"seed{seed}" / f"v{i}"),
-                                      weights=weights, **VARIANTS[name])  # type: ignore[arg-type]
+            cfg = dataclasses.replace(
+                base, out=str(root / f"seed{seed}" / f"v{i}"), weights=weights, **VARIANTS[name]
+            )  # type: ignore[arg-type]
             t0 = time.perf_counter()
             res = run_prune(cfg, console=console, overwrite=True)
-            rows.append({
-                "variant": name, "seed": seed, "base_acc": res.base_acc,
-                "seconds": time.perf_counter() - t0,
-                "snapshots": [dataclasses.asdict(s) | {"frac": s.macs / res.full_macs}
-                              for s in res.snapshots],
-            })
+            rows.append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "base_acc": res.base_acc,
+                    "seconds": time.perf_counter() - t0,
+                    "snapshots": [
+                        dataclasses.asdict(s) | {"frac": s.macs / res.full_macs}
+                        for s in res.snapshots
+                    ],
+                }
+            )
             (root / "results.json").write_text(json.dumps(rows, indent=1))
     header = "| variant | " + " | ".join(f"{float(b):.4g}" for b in budgets) + " |"
     print(header)
     print("|---" * (len(budgets) + 1) + "|")
     for r in rows:
-        cells = [f"{s['acc_at_snapshot']:.2f} / **{s['acc_finetuned']:.2f}**" for s in r["snapshots"]]
+        cells = [
+            f"{s['acc_at_snapshot']:.2f} / **{s['acc_finetuned']:.2f}**" for s in r["snapshots"]
+        ]
         print(f"| {r['variant']} (seed {r['seed']}) | " + " | ".join(cells) + " |")
     print()
-    print("MACs reached (% of full): " + "; ".join(
-        f"{r['variant']}: " + ", ".join(f"{100 * s['frac']:.2f}" for s in r["snapshots"])
-        for r in rows))
+    print(
+        "MACs reached (% of full): "
+        + "; ".join(
+            f"{r['variant']}: " + ", ".join(f"{100 * s['frac']:.2f}" for s in r["snapshots"])
+            for r in rows
+        )
+    )
     print(f"base accuracy: {rows[0]['base_acc']:.2f}%" if rows else "no rows")
 
 

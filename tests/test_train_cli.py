@@ -134,8 +134,11 @@ def test_weights_round_trip_and_start_from_weights(tmp_path: Path) -> None:
     for f in ("w.safetensors", "w.pt"):
         state = load_weights(tmp_path / f)
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    cfg = RunConfig(out=str(tmp_path / "run"), weights=str(tmp_path / "w.safetensors"),
-                    **{**FAST, "pretrain_epochs": 5.0, "finetune_epochs": 0.0})  # type: ignore[arg-type]
+    cfg = RunConfig(
+        out=str(tmp_path / "run"),
+        weights=str(tmp_path / "w.safetensors"),
+        **{**FAST, "pretrain_epochs": 5.0, "finetune_epochs": 0.0},
+    )  # type: ignore[arg-type]
     result = run_prune(cfg)
     assert len(result.snapshots) == 2
     base = load_weights(tmp_path / "run" / "base" / "model.safetensors")
@@ -171,15 +174,23 @@ def test_cli_macs_anchor() -> None:
         (["macs", "demo_cnn", "--input", "3xax2"], "CxHxW"),
         (["macs", "demo_cnn", "--input", "1x1x1"], "does not fit the model"),
         (["prune", "--data", "nosuch", "--out", "{tmp}/x"], "unknown data set"),
-        (["prune", "--data", "synthetic", "--budgets", "0.25,0.5", "--out", "{tmp}/x"],
-         "strictly decreasing"),
-        (["prune", "--data", "synthetic", "--budgets", "1.5", "--out", "{tmp}/x"],
-         "fractions must be in (0, 1)"),
-        (["prune", "--data", "synthetic", "--budgets", "2G", "--out", "{tmp}/x"],
-         "not below the model"),
+        (
+            ["prune", "--data", "synthetic", "--budgets", "0.25,0.5", "--out", "{tmp}/x"],
+            "strictly decreasing",
+        ),
+        (
+            ["prune", "--data", "synthetic", "--budgets", "1.5", "--out", "{tmp}/x"],
+            "fractions must be in (0, 1)",
+        ),
+        (
+            ["prune", "--data", "synthetic", "--budgets", "2G", "--out", "{tmp}/x"],
+            "not below the model",
+        ),
         (["prune", "--data", "synthetic", "--budgets", "0", "--out", "{tmp}/x"], "must be > 0"),
-        (["prune", "--data", "synthetic", "--budgets", "0.00001", "--out", "{tmp}/x"],
-         "least this model can reach"),
+        (
+            ["prune", "--data", "synthetic", "--budgets", "0.00001", "--out", "{tmp}/x"],
+            "least this model can reach",
+        ),
         (["prune", "--data", "fashion-mnist:/nonexistent", "--out", "{tmp}/x"], "apt-get"),
     ],
 )
@@ -199,8 +210,8 @@ def test_cli_prune_with_config_file_and_flag_override(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     res = runner.invoke(
-        app, ["prune", "--config", str(tmp_path / "cfg.yaml"), "--budgets", "0.5",
-              "--out", str(out)],
+        app,
+        ["prune", "--config", str(tmp_path / "cfg.yaml"), "--budgets", "0.5", "--out", str(out)],
     )
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())

@@ -38,7 +38,9 @@ def parse_budget(value: float | int | str, full_macs: int) -> int:
     return int(round(macs))
 
 
-def parse_budgets(values: Sequence[float | int | str] | str, full_macs: int, minimum: float) -> list[int]:
+def parse_budgets(
+    values: Sequence[float | int | str] | str, full_macs: int, minimum: float
+) -> list[int]:
     """A strictly decreasing list of budgets in MACs, each reachable (≥ `minimum`)."""
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]

@@ -32,7 +32,9 @@ def _root(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")
 
 @app.command()
 def macs(
-    model: Annotated[str, typer.Argument(help="Built-in or torchvision name, or file.py:function.")],
+    model: Annotated[
+        str, typer.Argument(help="Built-in or torchvision name, or file.py:function.")
+    ],
     input: Annotated[
         str | None, typer.Option("--input", help="Input shape CxHxW (default: the model's usual).")
     ] = None,
@@ -107,11 +109,25 @@ def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
 
 def _print_result(result: Any) -> None:
     table = Table(title=f"taperprune — {result.out}")
-    for col in ("budget", "MACs", "% of full", "params", "top-1 at snapshot", "after fine-tune",
-                "step"):
+    for col in (
+        "budget",
+        "MACs",
+        "% of full",
+        "params",
+        "top-1 at snapshot",
+        "after fine-tune",
+        "step",
+    ):
         table.add_column(col, justify="right")
-    table.add_row("unpruned", format_macs(result.full_macs), "100.0%", f"{result.full_params:,}",
-                  f"{result.base_acc:.2f}%", "", "")
+    table.add_row(
+        "unpruned",
+        format_macs(result.full_macs),
+        "100.0%",
+        f"{result.full_params:,}",
+        f"{result.base_acc:.2f}%",
+        "",
+        "",
+    )
     for s in result.snapshots:
         table.add_row(
             format_macs(s.target),
@@ -136,12 +152,18 @@ def prune(
     budgets: Annotated[
         str | None, typer.Option(help="Decreasing budgets: fractions (0.5,0.25) or MACs (3.87G).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file of settings; flags override.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of settings; flags override.")
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Run directory.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    weights: Annotated[str | None, typer.Option(help="Start from these weights (no pretrain).")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Start from these weights (no pretrain).")
+    ] = None,
     pretrain_epochs: Annotated[float | None, typer.Option()] = None,
-    taper_epochs: Annotated[float | None, typer.Option(help="Reach the last budget within.")] = None,
+    taper_epochs: Annotated[
+        float | None, typer.Option(help="Reach the last budget within.")
+    ] = None,
     finetune_epochs: Annotated[float | None, typer.Option(help="Per snapshot.")] = None,
     schedule: Annotated[
         str | None, typer.Option(help="adaptive | linear | exponential | oneshot")
@@ -159,11 +181,23 @@ def prune(
     from .train import run_prune
 
     overrides = dict(
-        model=model, data=data, budgets=budgets, out=out, seed=seed, weights=weights,
-        pretrain_epochs=pretrain_epochs, taper_epochs=taper_epochs,
-        finetune_epochs=finetune_epochs, schedule=schedule, tolerance=tolerance,
-        batch_size=batch_size, exclude=exclude, device=device, amp=amp,
-        train_limit=train_limit, test_limit=test_limit,
+        model=model,
+        data=data,
+        budgets=budgets,
+        out=out,
+        seed=seed,
+        weights=weights,
+        pretrain_epochs=pretrain_epochs,
+        taper_epochs=taper_epochs,
+        finetune_epochs=finetune_epochs,
+        schedule=schedule,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        exclude=exclude,
+        device=device,
+        amp=amp,
+        train_limit=train_limit,
+        test_limit=test_limit,
     )
     cfg = _config_from(config, overrides)
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))

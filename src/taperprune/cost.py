@@ -56,8 +56,13 @@ def _entries(
 def build_cost_model(graph: ChannelGraph) -> CostModel:
     """Index every counted layer of `graph` into blocks, once."""
     n = graph.num_units
-    coeff, block_layer, names = [], [], []
-    ins, outs, both = [], [], []
+    coeff: list[torch.Tensor] = []
+    block_layer: list[torch.Tensor] = []
+    names: list[str] = []
+    Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ins: list[Entries] = []
+    outs: list[Entries] = []
+    both: list[Entries] = []
     block0 = 0
     for name, lay in graph.layers.items():
         if lay.kind == "norm" or lay.macs_per_pair == 0:
@@ -80,7 +85,7 @@ def build_cost_model(graph: ChannelGraph) -> CostModel:
         block_layer.append(torch.full((g,), li, dtype=torch.long))
         block0 += g
 
-    def cat(parts: list[tuple[torch.Tensor, ...]], i: int, dtype: torch.dtype) -> torch.Tensor:
+    def cat(parts: list[Entries], i: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.cat([p[i] for p in parts]) if parts else torch.zeros(0, dtype=dtype)
 
     return CostModel(
@@ -161,7 +166,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
             k = 1
             for s in mod.kernel_size:  # type: ignore[union-attr]
                 k *= int(s)
-            total += out.numel() * k * (mod.in_channels // mod.groups)  # type: ignore[operator]
+            total += out.numel() * k * int(mod.in_channels // mod.groups)  # type: ignore[operator]
 
     counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]

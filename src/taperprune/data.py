@@ -73,7 +73,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _fashion_mnist(directory: Path) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
+def _fashion_mnist(
+    directory: Path,
+) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
     paths = {k: _find_idx(directory, f) for k, f in _FMNIST_FILES.items()}
     missing = [_FMNIST_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
@@ -88,8 +90,12 @@ def _fashion_mnist(directory: Path) -> tuple[TensorDataset, TensorDataset, int, 
         x = torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
         return (x - 0.2860) / 0.3530
 
-    train = TensorDataset(images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)))
-    test = TensorDataset(images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64)))
+    train = TensorDataset(
+        images(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64))
+    )
+    test = TensorDataset(
+        images(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64))
+    )
     return train, test, 10, (1, 28, 28)
 
 
@@ -131,12 +137,20 @@ def _imagefolder(directory: Path, size: int) -> tuple[Dataset, Dataset, int, tup
             )
     norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     train_tf = transforms.Compose(
-        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-         transforms.ToTensor(), norm]
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            norm,
+        ]
     )
     val_tf = transforms.Compose(
-        [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size),
-         transforms.ToTensor(), norm]
+        [
+            transforms.Resize(int(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            norm,
+        ]
     )
     train = datasets.ImageFolder(str(directory / "train"), transform=train_tf)
     val = datasets.ImageFolder(str(directory / "val"), transform=val_tf)
@@ -148,13 +162,17 @@ def _imagefolder(directory: Path, size: int) -> tuple[Dataset, Dataset, int, tup
     return train, val, len(train.classes), (3, size, size)
 
 
-def _synthetic(arg: str | None, seed: int) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
+def _synthetic(
+    arg: str | None, seed: int
+) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
     shape_s, _, k_s = (arg or "1x28x28:10").partition(":")
     try:
         c, h, w = (int(v) for v in shape_s.lower().split("x"))
         k = int(k_s or 10)
     except ValueError:
-        raise DataError(f"synthetic spec {arg!r} is not CxHxW:K, e.g. synthetic:3x32x32:10") from None
+        raise DataError(
+            f"synthetic spec {arg!r} is not CxHxW:K, e.g. synthetic:3x32x32:10"
+        ) from None
     gen = torch.Generator().manual_seed(seed)
     templates = torch.randn(k, c, h, w, generator=gen)
 
@@ -201,14 +219,29 @@ def load_data(
     train = _limit(train, train_limit, seed, shuffle=True)
     test = _limit(test, test_limit, seed, shuffle=False)
     if len(train) < batch_size:  # type: ignore[arg-type]
-        raise DataError(f"{spec}: {len(train)} training examples are fewer than one batch ({batch_size})")  # type: ignore[arg-type]
+        raise DataError(
+            f"{spec}: {len(train)} training examples are fewer than one batch ({batch_size})"
+        )  # type: ignore[arg-type]
     extra = {"persistent_workers": True} if workers > 0 else {}
     return DataBundle(
-        train=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
-                         generator=torch.Generator().manual_seed(seed), num_workers=workers,
-                         pin_memory=pin_memory, **extra),
-        test=DataLoader(test, batch_size=max(batch_size, 256), shuffle=False,
-                        num_workers=workers, pin_memory=pin_memory, **extra),
+        train=DataLoader(
+            train,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=workers,
+            pin_memory=pin_memory,
+            **extra,
+        ),
+        test=DataLoader(
+            test,
+            batch_size=max(batch_size, 256),
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            **extra,
+        ),
         num_classes=k,
         input_shape=shape,
         name=spec,

@@ -48,7 +48,9 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise TaperpruneError(f"{path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TaperpruneError(f"{path} is corrupted or truncated ({exc}); it is not valid JSON") from exc
+        raise TaperpruneError(
+            f"{path} is corrupted or truncated ({exc}); it is not valid JSON"
+        ) from exc
 
 
 def save_weights(path: Path, model: nn.Module) -> None:
@@ -111,7 +113,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_snapshot(directory: Path, model: nn.Module, plan: dict[str, Any], metrics: dict[str, Any]) -> None:
+def save_snapshot(
+    directory: Path, model: nn.Module, plan: dict[str, Any], metrics: dict[str, Any]
+) -> None:
     """plan.json, model.safetensors and metrics.json of one snapshot."""
     save_weights(directory / "model.safetensors", model)
     write_json(directory / "plan.json", plan)
@@ -122,10 +126,11 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a pruned model from a snapshot directory (plan.json + model.safetensors)."""
     directory = Path(path)
     plan = read_json(directory / "plan.json")
-    if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
+    schema = plan.get("schema") if isinstance(plan, dict) else None
+    if schema != PLAN_SCHEMA:
         raise TaperpruneError(
-            f"{directory / 'plan.json'} has schema {plan.get('schema') if isinstance(plan, dict) else None}; "
-            f"this taperprune reads schema {PLAN_SCHEMA}"
+            f"{directory / 'plan.json'} has plan schema {schema}; this taperprune reads schema "
+            f"{PLAN_SCHEMA}"
         )
     model = build_model(plan["model"]["name"], **plan["model"]["kwargs"])
     example = torch.zeros((1, *plan["input_shape"]))

@@ -51,8 +51,10 @@ class LayerChannels:
 
     @property
     def depthwise(self) -> bool:
-        return self.kind == "conv" and self.conv_groups > 1 and (
-            self.conv_groups == len(self.in_units) == len(self.out_units)
+        return (
+            self.kind == "conv"
+            and self.conv_groups > 1
+            and (self.conv_groups == len(self.in_units) == len(self.out_units))
         )
 
 
@@ -212,8 +214,9 @@ def build_graph(
     cross_nodes = {n for n in dg.module2node.values() if n.grad_fn in cross_fns}
 
     tp_groups = list(
-        dg.get_all_groups(ignored_layers=[], root_module_types=[nn.Conv2d, nn.Conv1d,
-                                                                 nn.Conv3d, nn.Linear])
+        dg.get_all_groups(
+            ignored_layers=[], root_module_types=[nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear]
+        )
     )
     layer_of: dict[str, nn.Module] = {
         n: m for m, n in names.items() if isinstance(m, COUNTED_TYPES + NORM_TYPES)
@@ -284,7 +287,11 @@ def build_graph(
     uf = _UnionFind()
     bad_groups: set[int] = set()
     for name, m in layer_of.items():
-        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups == 1 or _is_depthwise(m):
+        if (
+            not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            or m.groups == 1
+            or _is_depthwise(m)
+        ):
             continue
         for side in (in_map[name], out_map[name]):
             per = len(side) // m.groups
@@ -329,10 +336,7 @@ def build_graph(
 
     def to_units(side: list[tuple[int, int] | None]) -> torch.Tensor:
         return torch.tensor(
-            [
-                unit_of[uf.find(x)] if x is not None and x[0] in remap else FIXED
-                for x in side
-            ],
+            [unit_of[uf.find(x)] if x is not None and x[0] in remap else FIXED for x in side],
             dtype=torch.long,
         )
 
@@ -340,8 +344,9 @@ def build_graph(
     batch = int(example_input.shape[0])
     for name, m in layer_of.items():
         if isinstance(m, NORM_TYPES):
-            layers[name] = LayerChannels(name, "norm", to_units(in_map[name]),
-                                         to_units(out_map[name]))
+            layers[name] = LayerChannels(
+                name, "norm", to_units(in_map[name]), to_units(out_map[name])
+            )
             continue
         outs = tuple(tuple(s) for s in shapes.get(name, []))
         layers[name] = LayerChannels(

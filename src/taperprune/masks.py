@@ -38,7 +38,7 @@ class _MaskedForward:
                 shape = (1, -1) + (1,) * (x.dim() - 2)
                 return _batch_norm(mod, x, None, None) * m.view(shape)
             return _batch_norm(mod, x, mod.weight * m, mod.bias * m)  # type: ignore[operator]
-        w = mod.weight * m.view(-1, *([1] * (mod.weight.dim() - 1)))  # type: ignore[union-attr,operator]
+        w = mod.weight * m.view(-1, *([1] * (mod.weight.dim() - 1)))  # type: ignore[operator]
         b = None if mod.bias is None else mod.bias * m  # type: ignore[operator]
         if isinstance(mod, nn.Linear):
             return F.linear(x, w, b)
@@ -63,8 +63,8 @@ def _batch_norm(
         weight,
         bias,
         use_batch,
-        factor,
-        bn.eps,  # type: ignore[arg-type]
+        float(factor),  # type: ignore[arg-type]
+        float(bn.eps),  # type: ignore[arg-type]
     )
 
 
@@ -102,7 +102,9 @@ class ChannelMasks:
     def set_keep(self, keep: torch.Tensor) -> None:
         """Set the mask values to `keep` (bool or 0/1, shape (N,))."""
         if keep.shape != (self.graph.num_units,):
-            raise ValueError(f"keep must have shape ({self.graph.num_units},), got {tuple(keep.shape)}")
+            raise ValueError(
+                f"keep must have shape ({self.graph.num_units},), got {tuple(keep.shape)}"
+            )
         with torch.no_grad():
             self._values[:-1].copy_(keep.to(self._values.device, torch.float32))
 
@@ -116,7 +118,8 @@ class ChannelMasks:
             mod = modules[name]
             units = self.graph.layers[name].out_units
             index = torch.where(units == FIXED, torch.full_like(units, n), units)
-            mod.forward = _MaskedForward(mod, self._values, index.to(self._values.device), kind)  # type: ignore[method-assign]
+            fwd = _MaskedForward(mod, self._values, index.to(self._values.device), kind)
+            mod.forward = fwd
             self._installed.append(mod)
 
     def remove(self) -> None:
@@ -157,7 +160,7 @@ def remove_masked(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) -> 
         small = copy.deepcopy(model)
     finally:
         for m, fwd in saved.items():
-            m.forward = fwd  # type: ignore[method-assign]
+            m.forward = fwd
     for p in small.parameters():
         p.grad = None
     return prune_channels(small, graph, keep.detach().cpu().bool())

@@ -173,8 +173,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             return torchvision.models.get_model(name, weights=None, **kw)
 
         if kwargs.get("in_channels", 3) != 3:
-            raise ModelError(f"torchvision model {name!r} takes 3 input channels, not "
-                             f"{kwargs['in_channels']}; use data with 3 channels.")
+            raise ModelError(
+                f"torchvision model {name!r} takes 3 input channels, not "
+                f"{kwargs['in_channels']}; use data with 3 channels."
+            )
         kwargs = {k: v for k, v in kwargs.items() if k != "in_channels"}
         return fn(**kwargs)
     params = inspect.signature(fn).parameters
@@ -206,7 +208,7 @@ def _load_user_builder(spec: str) -> Callable[..., nn.Module]:
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelError(f"{path_s!r} has no function {fn_name!r} (spec {spec!r})")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def default_input_shape(name: str) -> tuple[int, int, int]:

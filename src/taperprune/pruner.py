@@ -82,7 +82,7 @@ class Snapshot:
     macs: int  # MACs reached
     step: int
     keep: torch.Tensor  # (N,) bool
-    model: nn.Module  # physically pruned copy
+    model: nn.Module | None  # physically pruned copy (None when restored from a state)
     widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
 
 
@@ -262,7 +262,9 @@ class TaperPruner:
                 pairs.append((mod.weight, torch.where(units == FIXED, n, units)))
         return bn_gamma_scores(pairs, n)
 
-    def _record(self, phase: str, loss: float, removed: int, macs: float | None = None) -> StepRecord:
+    def _record(
+        self, phase: str, loss: float, removed: int, macs: float | None = None
+    ) -> StepRecord:
         rec = StepRecord(
             step=self._steps,
             phase=phase,
@@ -286,7 +288,7 @@ class TaperPruner:
             macs=int(round(reached)),
             step=self._steps,
             keep=keep.clone(),
-            model=small,  # type: ignore[arg-type]
+            model=small,
             widths=self.widths(keep),
         )
         self.snapshots[target] = snap
@@ -367,5 +369,10 @@ class TaperPruner:
             k = s["keep"].bool()
             # The weights at snapshot time are not in the state: they live in the run directory.
             self.snapshots[int(t)] = Snapshot(
-                int(t), int(s["macs"]), int(s["step"]), k, None, self.widths(k)  # type: ignore[arg-type]
+                int(t),
+                int(s["macs"]),
+                int(s["step"]),
+                k,
+                None,
+                self.widths(k),
             )

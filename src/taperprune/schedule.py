@@ -114,7 +114,9 @@ def advance(
         budget = levels[k]
     else:
         excess = (loss_estimate(state, cfg.loss_beta) - ref_loss) / max(abs(ref_loss), 1e-12)
-        state = control(cfg, replace(state, excess=excess), excess, even_rate(full, final, cfg.steps))
+        state = control(
+            cfg, replace(state, excess=excess), excess, even_rate(full, final, cfg.steps)
+        )
         left = cfg.steps - state.step + 1
         required = 1.0 - (final / state.budget) ** (1.0 / left) if left > 0 else 1.0
         rate = max(0.0 if state.paused else state.rate, required)

@@ -24,7 +24,9 @@ def corrected_scores(ema: torch.Tensor, beta: float, steps: int) -> torch.Tensor
     return ema / (1.0 - beta**steps)
 
 
-def bn_gamma_scores(weights: list[tuple[torch.Tensor, torch.Tensor]], num_units: int) -> torch.Tensor:
+def bn_gamma_scores(
+    weights: list[tuple[torch.Tensor, torch.Tensor]], num_units: int
+) -> torch.Tensor:
     """Ablation: per unit, the summed |γ| of the BN channels behind it (network slimming).
 
     `weights` holds (γ, unit index per channel) for each BN of a prunable group.

@@ -30,7 +30,15 @@ from .budget import format_macs
 from .cost import count_macs
 from .data import DataBundle, load_data
 from .errors import TaperpruneError
-from .export import count_params, load_weights, make_plan, save_snapshot, save_weights, write_atomic, write_json
+from .export import (
+    count_params,
+    load_weights,
+    make_plan,
+    save_snapshot,
+    save_weights,
+    write_atomic,
+    write_json,
+)
 from .models import build_model
 from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner, check_budgets
 from .schedule import ScheduleConfig
@@ -147,7 +155,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
     return 100.0 * correct / max(total, 1)
 
 
-def _batches(loader: torch.utils.data.DataLoader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    loader: torch.utils.data.DataLoader, steps: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`steps` batches, cycling through epochs."""
     done = 0
     while done < steps:
@@ -236,7 +246,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
             )
 
 
-def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool = False) -> RunResult:
+def run_prune(
+    cfg: RunConfig, *, console: Console | None = None, overwrite: bool = False
+) -> RunResult:
     """The whole pipeline: data, model, (pretrain), taper with snapshots, fine-tune, files."""
     console = console or Console()
     t_start = time.perf_counter()
@@ -253,14 +265,20 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
         train_limit=cfg.train_limit,
         test_limit=cfg.test_limit,
     )
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.input_shape[0], **cfg.model_kwargs}
+    kwargs = {
+        "num_classes": data.num_classes,
+        "in_channels": data.input_shape[0],
+        **cfg.model_kwargs,
+    }
     model = build_model(cfg.model, **kwargs)
     if cfg.weights:
         state = load_weights(Path(cfg.weights))
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise TaperpruneError(f"weights {cfg.weights} do not fit model {cfg.model}: {exc}") from exc
+            raise TaperpruneError(
+                f"weights {cfg.weights} do not fit model {cfg.model}: {exc}"
+            ) from exc
     model.to(device)
     example = torch.zeros((1, *data.input_shape), device=device)
     check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude)  # fail before training
@@ -269,11 +287,21 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
     write_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
-        raise TaperpruneError(f"data set {cfg.data} has fewer examples than one batch ({cfg.batch_size})")
+        raise TaperpruneError(
+            f"data set {cfg.data} has fewer examples than one batch ({cfg.batch_size})"
+        )
 
     if not cfg.weights and cfg.pretrain_epochs > 0:
-        fit(model, data, cfg, steps=int(cfg.pretrain_epochs * steps_per_epoch), lr=cfg.lr,
-            device=device, console=console, label="pretrain")
+        fit(
+            model,
+            data,
+            cfg,
+            steps=int(cfg.pretrain_epochs * steps_per_epoch),
+            lr=cfg.lr,
+            device=device,
+            console=console,
+            label="pretrain",
+        )
     base_acc = evaluate(model, data.test, device)
     full_macs = count_macs(model, example)
     full_params = count_params(model)
@@ -290,8 +318,14 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
         price=cfg.price,
     )
     snaps: list[Snapshot] = []
-    pruner = TaperPruner(model, example, list(cfg.budgets), config=pcfg, exclude=cfg.exclude,
-                         on_snapshot=snaps.append)
+    pruner = TaperPruner(
+        model,
+        example,
+        list(cfg.budgets),
+        config=pcfg,
+        exclude=cfg.exclude,
+        on_snapshot=snaps.append,
+    )
     opt = make_optimizer(cfg, model, cfg.prune_lr)
     loss_f = nn.CrossEntropyLoss()
     model.train()
@@ -316,23 +350,42 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
             if pruner.done:
                 break
     if not pruner.done:
-        raise TaperpruneError("the taper did not reach the last budget; this is a bug: please report it")
+        raise TaperpruneError(
+            "the taper did not reach the last budget; this is a bug: please report it"
+        )
     _write_trace(out / "trace.csv", pruner.trace)
 
     results = []
     for snap in snaps:
         t0 = time.perf_counter()
         small = snap.model
+        assert small is not None  # the CLI keeps snapshot models
         acc0 = evaluate(small, data.test, device)
         label = budget_label(snap.target, full_macs)
-        fit(small, data, cfg, steps=int(cfg.finetune_epochs * steps_per_epoch),
-            lr=cfg.finetune_lr, device=device, console=console, label=f"fine-tune {label}")
+        fit(
+            small,
+            data,
+            cfg,
+            steps=int(cfg.finetune_epochs * steps_per_epoch),
+            lr=cfg.finetune_lr,
+            device=device,
+            console=console,
+            label=f"fine-tune {label}",
+        )
         acc1 = evaluate(small, data.test, device) if cfg.finetune_epochs > 0 else acc0
         params = count_params(small)
-        plan = make_plan(pruner.graph, snap.keep, model_name=cfg.model, model_kwargs=kwargs,
-                         macs=snap.macs, params=params, target=snap.target)
-        res = SnapshotResult(label, snap.target, snap.macs, params, snap.step, acc0, acc1,
-                             time.perf_counter() - t0)
+        plan = make_plan(
+            pruner.graph,
+            snap.keep,
+            model_name=cfg.model,
+            model_kwargs=kwargs,
+            macs=snap.macs,
+            params=params,
+            target=snap.target,
+        )
+        res = SnapshotResult(
+            label, snap.target, snap.macs, params, snap.step, acc0, acc1, time.perf_counter() - t0
+        )
         metrics = asdict(res) | {
             "macs_fraction": snap.macs / full_macs,
             "budget_error_macs": snap.macs - snap.target,
@@ -342,9 +395,17 @@ def run_prune(cfg: RunConfig, *, console: Console | None = None, overwrite: bool
         }
         save_snapshot(out / "snapshots" / label, small, plan, metrics)
         results.append(res)
-    result = RunResult(full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out)
-    write_json(out / "summary.json", {
-        "full_macs": full_macs, "full_params": full_params, "base_acc": base_acc,
-        "seconds": result.seconds, "snapshots": [asdict(r) for r in results],
-    })
+    result = RunResult(
+        full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out
+    )
+    write_json(
+        out / "summary.json",
+        {
+            "full_macs": full_macs,
+            "full_params": full_params,
+            "base_acc": base_acc,
+            "seconds": result.seconds,
+            "snapshots": [asdict(r) for r in results],
+        },
+    )
     return result
