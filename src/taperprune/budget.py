@@ -13,16 +13,16 @@ _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 def parse_budget(value: float | int | str, full_macs: int) -> int:
     """One budget in MACs: a number in (0, 1) is a fraction of `full_macs`, else absolute MACs."""
     text = str(value).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(?:MACs?)?", text)
+    m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(?:MACs?)?", text)
     if m is None:
         raise BudgetError(
             f"budget {text!r} is not a number: write a fraction of the original MACs "
             "(e.g. 0.25) or absolute MACs (e.g. 3.87G, 500M)"
         )
     number, suffix = float(m.group(1)), m.group(2).upper()
+    if number <= 0:  # "0G" and "-0.5" included
+        raise BudgetError(f"budget {text} must be > 0")
     if suffix == "" and number < 1:
-        if number <= 0:
-            raise BudgetError(f"budget {text} must be > 0")
         return int(round(number * full_macs))
     macs = number * _SUFFIX[suffix]
     if suffix == "" and number < 1000:

@@ -104,9 +104,10 @@ def advance(
     state = replace(state, step=t, loss_ema=ema, loss_steps=state.loss_steps + 1)
     kind = cfg.kind
     if kind is ScheduleKind.LINEAR:
-        budget = full - (full - final) * min(1.0, t / cfg.steps)
+        budget = final if t >= cfg.steps else full - (full - final) * (t / cfg.steps)
     elif kind is ScheduleKind.EXPONENTIAL:
-        budget = full * (final / full) ** min(1.0, t / cfg.steps)
+        # Exactly `final` at the deadline: full * (final / full) can round above it.
+        budget = final if t >= cfg.steps else full * (final / full) ** (t / cfg.steps)
     elif kind is ScheduleKind.ONESHOT:
         # Straight to each requested budget in turn, evenly spaced over the taper steps.
         levels = targets or (final,)
@@ -118,7 +119,8 @@ def advance(
             cfg, replace(state, excess=excess), excess, even_rate(full, final, cfg.steps)
         )
         left = cfg.steps - state.step + 1
-        required = 1.0 - (final / state.budget) ** (1.0 / left) if left > 0 else 1.0
+        # On the last step (left == 1) go to `final` exactly: (final / B) ** 1 rounds.
+        required = 1.0 - (final / state.budget) ** (1.0 / left) if left > 1 else 1.0
         rate = max(0.0 if state.paused else state.rate, required)
         budget = state.budget * (1.0 - rate)
     return replace(state, budget=max(final, min(budget, state.budget)))
