@@ -77,11 +77,13 @@ def solve_budget(
     interactions: torch.Tensor,
     *,
     uniform_price: bool = False,
+    price_power: float = 1.0,
 ) -> Solution:
     """Remove units in order of s/d until R(keep) ≤ budget; see the module docstring.
 
     `uniform_price` is the MAC-unaware ablation: order by s alone (every unit costs 1),
-    while the budget is still measured in real MACs.
+    while the budget is still measured in real MACs. `price_power` orders by s / d**p
+    instead (p = 1 is the Lagrangian rule; p < 1 softens the MAC price).
     """
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
@@ -92,7 +94,12 @@ def solve_budget(
     while total > budget:
         live = torch.zeros(num_groups, dtype=torch.long).index_add_(0, unit_group, keep.long())
         cand = torch.nonzero(keep & (d > 0)).flatten()
-        price = torch.ones_like(d[cand]) if uniform_price else d[cand]
+        if uniform_price:
+            price = torch.ones_like(d[cand])
+        elif price_power == 1.0:
+            price = d[cand]
+        else:
+            price = d[cand] ** price_power
         ratio = s[cand] / price
         order = torch.argsort(ratio, stable=True)
         cand, ratio = cand[order], ratio[order]

@@ -56,7 +56,11 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (optionally gzipped) as a uint8 array; corrupt files name themselves."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError) as exc:
         raise DataError(f"{path} is corrupted or truncated ({exc})") from exc
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:

@@ -44,6 +44,7 @@ class PrunerConfig:
     score_beta: float = 0.99  # EMA rate of the Taylor scores
     score: str = "taylor"  # "taylor" | "bn_gamma" (ablation)
     price: str = "macs"  # "macs" | "uniform" (ablation: every unit costs the same)
+    price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
 
     def __post_init__(self) -> None:
@@ -229,6 +230,7 @@ class TaperPruner:
             self.graph.unit_group,
             self.interactions,
             uniform_price=self.config.price == "uniform",
+            price_power=self.config.price_power,
         )
         if sol.removed:
             self.masks.set_keep(sol.keep)
