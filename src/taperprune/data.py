@@ -212,6 +212,8 @@ def load_data(
 ) -> DataBundle:
     """Train and test loaders for a data spec (see SPEC_FORMS)."""
     kind, arg = parse_data_spec(spec)
+    train: Dataset
+    test: Dataset
     if kind == "fashion-mnist":
         train, test, k, shape = _fashion_mnist(Path(arg) if arg else FASHION_MNIST_DIR)
     elif kind == "cifar10":
@@ -222,11 +224,12 @@ def load_data(
         train, test, k, shape = _synthetic(arg, seed)
     train = _limit(train, train_limit, seed, shuffle=True)
     test = _limit(test, test_limit, seed, shuffle=False)
-    if len(train) < batch_size:  # type: ignore[arg-type]
+    n_train = len(train)  # type: ignore[arg-type]
+    if n_train < batch_size:
         raise DataError(
-            f"{spec}: {len(train)} training examples are fewer than one batch ({batch_size})"
-        )  # type: ignore[arg-type]
-    extra = {"persistent_workers": True} if workers > 0 else {}
+            f"{spec}: {n_train} training examples are fewer than one batch ({batch_size})"
+        )
+    persistent = workers > 0
     return DataBundle(
         train=DataLoader(
             train,
@@ -236,7 +239,7 @@ def load_data(
             generator=torch.Generator().manual_seed(seed),
             num_workers=workers,
             pin_memory=pin_memory,
-            **extra,
+            persistent_workers=persistent,
         ),
         test=DataLoader(
             test,
@@ -244,7 +247,7 @@ def load_data(
             shuffle=False,
             num_workers=workers,
             pin_memory=pin_memory,
-            **extra,
+            persistent_workers=persistent,
         ),
         num_classes=k,
         input_shape=shape,
