@@ -91,6 +91,18 @@ def test_refuses_to_overwrite_a_run(run_dir) -> None:
     assert (out / "config.yaml").read_bytes() == before
 
 
+def test_overwrite_replaces_the_old_run_only(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_prune(RunConfig(out=str(out), **{**FAST, "budgets": ("0.5",), "finetune_epochs": 0.0}))  # type: ignore[arg-type]
+    (out / "notes.txt").write_text("mine")
+    run_prune(
+        RunConfig(out=str(out), **{**FAST, "budgets": ("0.25",), "finetune_epochs": 0.0}),  # type: ignore[arg-type]
+        overwrite=True,
+    )
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["25pct"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(TaperpruneError, match="not a taperprune run"):

@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -260,6 +261,9 @@ def budget_label(target: int, full: int) -> str:
     return f"{100.0 * target / full:.4g}pct"
 
 
+RUN_FILES = ("config.yaml", "trace.csv", "summary.json", "base", "snapshots", "checkpoint")
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over another run unless asked to."""
     if out.exists() and any(out.iterdir()):
@@ -272,6 +276,13 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                 f"output directory {out} already holds a run; pass --overwrite to replace it "
                 "or choose another --out"
             )
+        # Only the files a run writes go; anything else the user put there stays.
+        for name in RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
 
 
 def run_prune(
