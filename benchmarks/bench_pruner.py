@@ -68,10 +68,12 @@ def resnet50_solve(steps: int = 200) -> None:
     budget = float(cm.full_macs)
     rate = 1 - 0.25 ** (1 / 1000)  # full -> 25 % in 1000 steps
     solve_t, cost_t, removed = [], [], []
+    state = None
     for _ in range(steps):
         budget *= 1 - rate
         t1 = time.perf_counter()
-        sol = solve_budget(cm, scores, keep, budget, graph.unit_group, inter)
+        sol = solve_budget(cm, scores, keep, budget, graph.unit_group, inter, marginals=state)
+        state = (sol.macs, sol.marginals)
         solve_t.append(time.perf_counter() - t1)
         keep = sol.keep
         removed.append(sol.removed)

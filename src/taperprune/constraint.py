@@ -26,6 +26,7 @@ class Solution:
     lam: float  # s/d of the last unit removed (0 when nothing had to go)
     removed: int  # units removed by this solve
     feasible: bool  # False when every group is down to one unit and R > budget
+    marginals: torch.Tensor | None = None  # d for `keep`, to pass to the next solve
 
 
 def group_interactions(cm: CostModel, unit_group: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -78,19 +79,21 @@ def solve_budget(
     *,
     uniform_price: bool = False,
     price_power: float = 1.0,
+    marginals: tuple[float, torch.Tensor] | None = None,
 ) -> Solution:
     """Remove units in order of s/d until R(keep) ≤ budget; see the module docstring.
 
     `uniform_price` is the MAC-unaware ablation: order by s alone (every unit costs 1),
     while the budget is still measured in real MACs. `price_power` orders by s / d**p
-    instead (p = 1 is the Lagrangian rule; p < 1 softens the MAC price).
+    instead (p = 1 is the Lagrangian rule; p < 1 softens the MAC price). `marginals`
+    may pass (R, d) for `keep` from the previous solve, to skip recomputing them.
     """
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
     s = scores.to(torch.float64)
-    total, d = macs_and_marginals(cm, keep)
+    total, d = marginals if marginals is not None else macs_and_marginals(cm, keep)
     lam, removed = 0.0, 0
-    positions_cache = torch.arange(len(keep))
+    window = 128  # only the lowest ratios are sorted; grows when a step needs more
     while total > budget:
         live = torch.zeros(num_groups, dtype=torch.long).index_add_(0, unit_group, keep.long())
         cand = torch.nonzero(keep & (d > 0)).flatten()
@@ -101,14 +104,23 @@ def solve_budget(
         else:
             price = d[cand] ** price_power
         ratio = s[cand] / price
-        order = torch.argsort(ratio, stable=True)
+        windowed = len(cand) > window
+        if windowed:
+            # Every unit up to the window-th smallest ratio, ties included: a prefix of
+            # the full order, so the greedy choice inside it is unchanged.
+            inside = ratio <= torch.kthvalue(ratio, window).values
+            cand, ratio = cand[inside], ratio[inside]
+        order = torch.argsort(ratio, stable=True)  # ties: lower unit index first
         cand, ratio = cand[order], ratio[order]
         g = unit_group[cand]
         allowed = _rank_within(g) < live[g] - 1
         cand, ratio, g = cand[allowed], ratio[allowed], g[allowed]
         if len(cand) == 0:
-            return Solution(keep, total, lam, removed, feasible=False)
-        pos = positions_cache[: len(cand)]
+            if windowed:
+                window *= 4
+                continue
+            return Solution(keep, total, lam, removed, feasible=False, marginals=d)
+        pos = torch.arange(len(cand))
         first = torch.full((num_groups,), len(cand), dtype=torch.long)
         first.scatter_reduce_(0, g, pos, reduce="amin")
         firsts = torch.where(interactions, first.unsqueeze(0), len(cand)).min(1).values
@@ -118,11 +130,13 @@ def solve_budget(
         after = total - torch.cumsum(d[batch], 0)
         fits = torch.nonzero(after <= budget).flatten()
         take = int(fits[0]) + 1 if len(fits) else end
+        if windowed and take == len(cand):
+            window *= 4
         keep[batch[:take]] = False
         lam = float(ratio[take - 1])
         removed += take
         total, d = macs_and_marginals(cm, keep)
-    return Solution(keep, total, lam, removed, feasible=True)
+    return Solution(keep, total, lam, removed, feasible=True, marginals=d)
 
 
 def minimum_macs(cm: CostModel, unit_group: torch.Tensor, num_groups: int) -> float:

@@ -10,7 +10,8 @@ d_u = R(m) − R(m with unit u removed) is computed in closed form, vectorised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,10 +36,39 @@ class CostModel:
     both_block: torch.Tensor  # pairs where one unit is both an input and an output of a block
     both_unit: torch.Tensor
     both_count: torch.Tensor  # in_count * out_count for that pair
+    # Derived once: the incidences as CSR matrices, so that R and d are a few sparse
+    # mat-vecs (about 4x faster than index_add on ResNet-50's 50k entries).
+    in_mat: torch.Tensor = field(init=False, repr=False)  # (B, N+1)
+    in_mat_t: torch.Tensor = field(init=False, repr=False)  # (N+1, B)
+    out_mat: torch.Tensor = field(init=False, repr=False)
+    out_mat_t: torch.Tensor = field(init=False, repr=False)
+    both_cost: torch.Tensor = field(init=False, repr=False)  # (N+1,) correction of d
+
+    def __post_init__(self) -> None:
+        nb, n1 = len(self.coeff), self.num_units + 1
+        for side, block, unit, count in (
+            ("in", self.in_block, self.in_unit, self.in_count),
+            ("out", self.out_block, self.out_unit, self.out_count),
+        ):
+            object.__setattr__(self, f"{side}_mat", _csr(block, unit, count, (nb, n1)))
+            object.__setattr__(self, f"{side}_mat_t", _csr(unit, block, count, (n1, nb)))
+        both = torch.zeros(n1, dtype=torch.float64).index_add_(
+            0, self.both_unit, self.both_count * self.coeff[self.both_block]
+        )
+        object.__setattr__(self, "both_cost", both)
 
     @property
     def full_macs(self) -> int:
         return int(round(float(macs(self, torch.ones(self.num_units, dtype=torch.float64)))))
+
+
+def _csr(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": mat-vec is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape)
+        return coo.coalesce().to_sparse_csr()
 
 
 def _entries(
@@ -117,12 +147,8 @@ def _ext(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _block_sums(cm: CostModel, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    nb = len(cm.coeff)
-    a = torch.zeros(nb, dtype=torch.float64).index_add_(0, cm.in_block, cm.in_count * m[cm.in_unit])
-    b = torch.zeros(nb, dtype=torch.float64).index_add_(
-        0, cm.out_block, cm.out_count * m[cm.out_unit]
-    )
-    return a, b
+    """Live input and output channels of every block."""
+    return cm.in_mat @ m, cm.out_mat @ m
 
 
 def macs(cm: CostModel, masks: torch.Tensor) -> torch.Tensor:
@@ -137,10 +163,7 @@ def macs_and_marginals(cm: CostModel, masks: torch.Tensor) -> tuple[float, torch
     m = _ext(masks)
     a, b = _block_sums(cm, m)
     total = float((cm.coeff * a * b).sum())
-    d = torch.zeros(cm.num_units + 1, dtype=torch.float64)
-    d.index_add_(0, cm.in_unit, cm.in_count * (cm.coeff * b)[cm.in_block])
-    d.index_add_(0, cm.out_unit, cm.out_count * (cm.coeff * a)[cm.out_block])
-    d.index_add_(0, cm.both_unit, -cm.both_count * cm.coeff[cm.both_block])
+    d = cm.in_mat_t @ (cm.coeff * b) + cm.out_mat_t @ (cm.coeff * a) - cm.both_cost
     return total, d[:-1] * m[:-1]
 
 

@@ -140,6 +140,7 @@ class TaperPruner:
         self._lam = 0.0
         self._macs = float(self.full_macs)  # R(masks), updated by every solve
         self._live = self.graph.num_units
+        self._d: torch.Tensor | None = None  # marginal costs for the current masks
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -231,7 +232,9 @@ class TaperPruner:
             self.interactions,
             uniform_price=self.config.price == "uniform",
             price_power=self.config.price_power,
+            marginals=None if self._d is None else (self._macs, self._d),
         )
+        self._d = sol.marginals
         if sol.removed:
             self.masks.set_keep(sol.keep)
             self._lam = sol.lam
@@ -355,7 +358,7 @@ class TaperPruner:
                 f"{self.graph.num_units}: it was saved for another model"
             )
         self.masks.set_keep(keep)
-        self._macs = macs_and_marginals(self.cost, keep)[0]
+        self._macs, self._d = macs_and_marginals(self.cost, keep)
         self._live = int(keep.sum())
         self.scores = state["scores"].clone().to(torch.float64)
         self._steps = int(state["steps"])
