@@ -118,21 +118,18 @@ def _module_names(model: nn.Module) -> dict[nn.Module, str]:
 
 def _record_forward(
     model: nn.Module, example_input: torch.Tensor
-) -> tuple[dict[str, list[torch.Size]], set[str], set[object], object]:
-    """One forward pass: output shapes of counted layers, output producers, cross-channel ops."""
+) -> tuple[dict[str, list[torch.Size]], set[str]]:
+    """One forward pass: output shapes of counted layers and the layers producing the output."""
     names = _module_names(model)
     shapes: dict[str, list[torch.Size]] = {}
     grad_fns: dict[object, str] = {}
-    cross: set[object] = set()
 
     def hook(mod: nn.Module, _inp: object, out: object) -> None:
         if not isinstance(out, torch.Tensor):
             return
         if isinstance(mod, COUNTED_TYPES):
             shapes.setdefault(names[mod], []).append(out.shape)
-        if isinstance(mod, CROSS_CHANNEL_TYPES):
-            cross.add(out.grad_fn)
-        elif out.grad_fn is not None and isinstance(mod, COUNTED_TYPES + NORM_TYPES):
+        if out.grad_fn is not None and isinstance(mod, COUNTED_TYPES + NORM_TYPES):
             grad_fns.setdefault(out.grad_fn, names[mod])
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
@@ -153,7 +150,7 @@ def _record_forward(
         model.train(was_training)
     outs = [out] if isinstance(out, torch.Tensor) else list(tp.utils.flatten_as_list(out))
     producers = {grad_fns[o.grad_fn] for o in outs if o.grad_fn in grad_fns}
-    return shapes, producers, cross, out
+    return shapes, producers
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -193,7 +190,7 @@ def build_graph(
                 f"exclude pattern {pat!r} matches no layer of the model; layer names look like "
                 f"{', '.join(repr(n) for n in all_names[:4])} (see `taperprune macs MODEL`)."
             )
-    shapes, producers, cross_fns, _ = _record_forward(model, example_input)
+    shapes, producers = _record_forward(model, example_input)
     if not shapes:
         raise GraphError(
             "the model has no Conv or Linear layer, so there is nothing to prune or count."
@@ -201,6 +198,14 @@ def build_graph(
 
     was_training = model.training
     dg = tp.DependencyGraph()
+    # Cross-channel layers are traced as anonymous element-wise ops: catch the autograd
+    # nodes of their outputs in torch-pruning's own forward pass to find them again.
+    cross_fns: set[object] = set()
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: cross_fns.add(getattr(out, "grad_fn", None)))
+        for m in model.modules()
+        if isinstance(m, CROSS_CHANNEL_TYPES)
+    ]
     try:
         dg.build_dependency(model, example_inputs=example_input, verbose=False)
     except Exception as exc:
@@ -210,6 +215,8 @@ def build_graph(
             "or simplify the operation (known: ShuffleNet's channel-shuffle view)."
         ) from exc
     finally:
+        for h in hooks:
+            h.remove()
         model.train(was_training)
     cross_nodes = {n for n in dg.module2node.values() if n.grad_fn in cross_fns}
 
