@@ -190,6 +190,9 @@ def test_mask_gradients_are_read_after_backward() -> None:
     assert model.conv1.weight.grad is not None
     assert model.conv1.weight.grad.shape == model.conv1.weight.shape
     assert not torch.equal(before, model.bn1.running_mean)  # BN still trains
+    g0 = grad.clone()
+    masks.scale_grad(0.5)  # how the training loop undoes AMP's loss scale
+    assert torch.equal(masks.grad, g0 * 0.5)
     masks.zero_grad()
     assert masks.grad is None
 

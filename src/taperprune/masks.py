@@ -96,6 +96,11 @@ class ChannelMasks:
         g = self._values.grad
         return None if g is None else g[:-1]
 
+    def scale_grad(self, factor: float) -> None:
+        """Multiply the accumulated mask gradient (e.g. to undo AMP's loss scale)."""
+        if self._values.grad is not None:
+            self._values.grad.mul_(factor)
+
     def zero_grad(self) -> None:
         self._values.grad = None
 

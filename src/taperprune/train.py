@@ -285,6 +285,92 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                 target.unlink(missing_ok=True)
 
 
+def _taper(
+    model: nn.Module,
+    pruner: TaperPruner,
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    device: torch.device,
+    console: Console,
+    taper_steps: int,
+) -> None:
+    """Train at a constant LR with `pruner.step` after every step until the last budget."""
+    opt = make_optimizer(cfg, model, cfg.prune_lr)
+    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
+    loss_f = nn.CrossEntropyLoss()
+    full = pruner.full_macs
+    model.train()
+    # The taper stops one step at each requested budget to snapshot it exactly.
+    max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
+    with _progress(console) as prog:
+        task = prog.add_task("prune", total=max_steps, info="")
+        for i, (x, y) in enumerate(_batches(data.train, max_steps)):
+            with _autocast(cfg, device):
+                loss = loss_f(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if scaler.is_enabled():  # the scores must not see the loss scale
+                pruner.masks.scale_grad(1.0 / scaler.get_scale())
+            scaler.step(opt)
+            scaler.update()
+            rec = pruner.step(loss)
+            if i % 10 == 0 or pruner.done:
+                prog.update(
+                    task,
+                    completed=i + 1,
+                    info=f"budget {100 * rec.budget / full:5.1f}%  "
+                    f"MACs {100 * rec.macs / full:5.1f}%  λ {rec.lam:.2e}  "
+                    f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  loss {rec.loss:.3f}",
+                )
+            if pruner.done:
+                return
+    raise TaperpruneError(
+        "the taper did not reach the last budget; this is a bug: please report it"
+    )
+
+
+def _finish_snapshot(
+    snap: Snapshot,
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    device: torch.device,
+    console: Console,
+    full_macs: int,
+) -> tuple[SnapshotResult, nn.Module]:
+    """Recalibrate BN, evaluate, fine-tune at fixed structure, evaluate again."""
+    t0 = time.perf_counter()
+    small = snap.model
+    assert small is not None  # the CLI keeps snapshot models
+    recalibrate_bn(small, data.train, device, cfg.bn_recalibration_batches)
+    acc0 = evaluate(small, data.test, device)
+    label = budget_label(snap.target, full_macs)
+    steps = int(cfg.finetune_epochs * len(data.train))
+    fit(
+        small,
+        data,
+        cfg,
+        steps=steps,
+        lr=cfg.finetune_lr,
+        device=device,
+        console=console,
+        label=f"fine-tune {label}",
+    )
+    acc1 = evaluate(small, data.test, device) if steps > 0 else acc0
+    res = SnapshotResult(
+        label,
+        snap.target,
+        snap.macs,
+        count_params(small),
+        snap.step,
+        acc0,
+        acc1,
+        time.perf_counter() - t0,
+    )
+    return res, small
+
+
 def run_prune(
     cfg: RunConfig, *, console: Console | None = None, overwrite: bool = False
 ) -> RunResult:
@@ -366,67 +452,21 @@ def run_prune(
         exclude=cfg.exclude,
         on_snapshot=snaps.append,
     )
-    opt = make_optimizer(cfg, model, cfg.prune_lr)
-    loss_f = nn.CrossEntropyLoss()
-    model.train()
-    # The taper stops one step at each requested budget to snapshot it exactly.
-    max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
-    with _progress(console) as prog:
-        task = prog.add_task("prune", total=max_steps, info="")
-        for i, (x, y) in enumerate(_batches(data.train, max_steps)):
-            with _autocast(cfg, device):
-                loss = loss_f(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            rec = pruner.step(loss)
-            if i % 10 == 0 or pruner.done:
-                prog.update(
-                    task,
-                    completed=i + 1,
-                    info=f"budget {100 * rec.budget / full_macs:5.1f}%  "
-                    f"MACs {100 * rec.macs / full_macs:5.1f}%  λ {rec.lam:.2e}  "
-                    f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  loss {rec.loss:.3f}",
-                )
-            if pruner.done:
-                break
-    if not pruner.done:
-        raise TaperpruneError(
-            "the taper did not reach the last budget; this is a bug: please report it"
-        )
+    _taper(model, pruner, data, cfg, device=device, console=console, taper_steps=taper_steps)
     _write_trace(out / "trace.csv", pruner.trace)
-
     results = []
     for snap in snaps:
-        t0 = time.perf_counter()
-        small = snap.model
-        assert small is not None  # the CLI keeps snapshot models
-        recalibrate_bn(small, data.train, device, cfg.bn_recalibration_batches)
-        acc0 = evaluate(small, data.test, device)
-        label = budget_label(snap.target, full_macs)
-        fit(
-            small,
-            data,
-            cfg,
-            steps=int(cfg.finetune_epochs * steps_per_epoch),
-            lr=cfg.finetune_lr,
-            device=device,
-            console=console,
-            label=f"fine-tune {label}",
+        res, small = _finish_snapshot(
+            snap, data, cfg, device=device, console=console, full_macs=full_macs
         )
-        acc1 = evaluate(small, data.test, device) if cfg.finetune_epochs > 0 else acc0
-        params = count_params(small)
         plan = make_plan(
             pruner.graph,
             snap.keep,
             model_name=cfg.model,
             model_kwargs=kwargs,
             macs=snap.macs,
-            params=params,
+            params=res.params,
             target=snap.target,
-        )
-        res = SnapshotResult(
-            label, snap.target, snap.macs, params, snap.step, acc0, acc1, time.perf_counter() - t0
         )
         metrics = asdict(res) | {
             "macs_fraction": snap.macs / full_macs,
@@ -435,7 +475,7 @@ def run_prune(
             "full_params": full_params,
             "base_acc": base_acc,
         }
-        save_snapshot(out / "snapshots" / label, small, plan, metrics)
+        save_snapshot(out / "snapshots" / res.label, small, plan, metrics)
         results.append(res)
     result = RunResult(
         full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out
