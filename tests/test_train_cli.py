@@ -235,3 +235,17 @@ def test_cli_config_with_unknown_key(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text("modle: demo_cnn\n")
     res = _cli("prune", "--config", str(tmp_path / "cfg.yaml"))
     assert res.returncode == 2 and "unknown settings" in res.stdout
+
+
+def test_readme_config_block_lists_every_default() -> None:
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### The config file.*?```yaml\n(.*?)```", readme, re.S)
+    assert block is not None
+    documented = yaml.safe_load(block.group(1))
+    defaults = dataclasses.asdict(RunConfig())
+    defaults["budgets"] = list(defaults["budgets"])
+    defaults["exclude"] = list(defaults["exclude"])
+    assert documented == defaults
