@@ -61,7 +61,7 @@ class RunConfig:
     bn_recalibration_batches: int = 50  # re-estimate BN statistics of each snapshot
     batch_size: int = 128
     lr: float = 0.05
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.03
     prune_lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 5e-4
