@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import FIXED, NORM_TYPES, ChannelGraph, prune_channels
+from .graph import FIXED, ChannelGraph, prune_channels
 
 
 class _MaskedForward:
@@ -144,15 +144,6 @@ class ChannelMasks:
             if was:
                 self.install()
 
-    def to(self, device: torch.device | str) -> ChannelMasks:
-        """Move the masks to `device` (after moving the model)."""
-        was = bool(self._installed)
-        self.remove()
-        self._values = self._values.detach().to(device).requires_grad_(True)
-        if was:
-            self.install()
-        return self
-
 
 def remove_masked(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) -> nn.Module:
     """A physically smaller copy of `model` without the units where keep is False.
@@ -171,4 +162,4 @@ def remove_masked(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) -> 
     return prune_channels(small, graph, keep.detach().cpu().bool())
 
 
-__all__ = ["ChannelMasks", "remove_masked", "NORM_TYPES"]
+__all__ = ["ChannelMasks", "remove_masked"]
