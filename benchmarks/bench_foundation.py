@@ -1,6 +1,6 @@
 """Foundation costs: graph + cost-model build, R(m) and ∇R, and the masks' training overhead.
 
-    .venv/bin/python benchmarks/bench_foundation.py
+.venv/bin/python benchmarks/bench_foundation.py
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def graph_build() -> None:
     tp_only = median_time(
         lambda: tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False), 3
     )
-    print(f"resnet50 @224: graph + cost model {ours:.2f} s (torch-pruning's build alone "
-          f"{tp_only:.2f} s)")
+    print(
+        f"resnet50 @224: graph + cost model {ours:.2f} s (torch-pruning's build alone "
+        f"{tp_only:.2f} s)"
+    )
     graph = build_graph(model, x)
     cm = build_cost_model(graph)
     keep = torch.rand(graph.num_units) > 0.3
@@ -78,9 +80,11 @@ def mask_overhead(steps: int = 40, batch: int = 128) -> None:
         rounds["affine"].append(per_step(affine_model))
         rounds["output"].append(per_step(output_model))
     plain, affine, output = (statistics.median(rounds[k]) for k in ("plain", "affine", "output"))
-    print(f"demo_cnn batch {batch} training step: plain {1e3 * plain:.1f} ms, masks in the BN "
-          f"affine {1e3 * affine:.1f} ms ({100 * (affine / plain - 1):+.1f} %), masks on the BN "
-          f"output {1e3 * output:.1f} ms ({100 * (output / plain - 1):+.1f} %)")
+    print(
+        f"demo_cnn batch {batch} training step: plain {1e3 * plain:.1f} ms, masks in the BN "
+        f"affine {1e3 * affine:.1f} ms ({100 * (affine / plain - 1):+.1f} %), masks on the BN "
+        f"output {1e3 * output:.1f} ms ({100 * (output / plain - 1):+.1f} %)"
+    )
 
 
 if __name__ == "__main__":
