@@ -112,12 +112,21 @@ class TaperPruner:
         budgets: Sequence[float | int | str] | str,
         *,
         config: PrunerConfig | None = None,
+        steps: int | None = None,
+        tolerance: float | None = None,
+        schedule: str | None = None,
         exclude: Sequence[str] = (),
         on_snapshot: Callable[[Snapshot], None] | None = None,
         keep_snapshot_models: bool = True,
     ) -> None:
         self.model = model
-        self.config = config or PrunerConfig()
+        config = config or PrunerConfig()
+        # Shortcuts for the schedule settings most users change.
+        shortcut = {"steps": steps, "tolerance": tolerance, "kind": schedule}
+        shortcut = {k: v for k, v in shortcut.items() if v is not None}
+        if shortcut:
+            config = replace(config, schedule=replace(config.schedule, **shortcut))
+        self.config = config
         self.graph = build_graph(model, example_input, exclude=exclude)
         self.cost = build_cost_model(self.graph)
         self.full_macs = self.cost.full_macs
