@@ -122,8 +122,8 @@ class TaperPruner:
         self.model = model
         config = config or PrunerConfig()
         # Shortcuts for the schedule settings most users change.
-        shortcut = {"steps": steps, "tolerance": tolerance, "kind": schedule}
-        shortcut = {k: v for k, v in shortcut.items() if v is not None}
+        given: dict[str, Any] = {"steps": steps, "tolerance": tolerance, "kind": schedule}
+        shortcut = {k: v for k, v in given.items() if v is not None}
         if shortcut:
             config = replace(config, schedule=replace(config.schedule, **shortcut))
         self.config = config
