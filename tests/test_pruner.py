@@ -515,3 +515,23 @@ def test_minimum_budget_is_reachable():
     assert p.done and p.snapshots[minimum].macs <= minimum
     widths = p.snapshots[minimum].widths
     assert widths == {"0": 1, "4": 1, "8": 1, "11": 1, "16": 10}  # the classifier stays
+
+
+def test_schedule_shortcuts_override_the_config():
+    from taperprune.models import demo_cnn
+
+    base = PrunerConfig(warmup_steps=7)
+    pruner = TaperPruner(
+        demo_cnn(width=4),
+        torch.zeros(1, 1, 28, 28),
+        [0.5],
+        config=base,
+        steps=11,
+        tolerance=0.2,
+        schedule="linear",
+    )
+    sched_cfg = pruner.config.schedule
+    assert (sched_cfg.steps, sched_cfg.tolerance, sched_cfg.kind.value) == (11, 0.2, "linear")
+    assert pruner.config.warmup_steps == 7
+    with pytest.raises(ValueError):
+        TaperPruner(demo_cnn(width=4), torch.zeros(1, 1, 28, 28), [0.5], schedule="zigzag")
