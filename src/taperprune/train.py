@@ -319,7 +319,8 @@ def _taper(
                 prog.update(
                     task,
                     completed=i + 1,
-                    info=f"budget {100 * rec.budget / full:5.1f}%  "
+                    info=f"epoch {(i + 1) / len(data.train):.2f}  "
+                    f"budget {100 * rec.budget / full:5.1f}%  "
                     f"MACs {100 * rec.macs / full:5.1f}%  λ {rec.lam:.2e}  "
                     f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  loss {rec.loss:.3f}",
                 )
@@ -357,6 +358,9 @@ def _finish_snapshot(
         console=console,
         label=f"fine-tune {label}",
     )
+    if steps > 0:
+        # A short fine-tune moves the weights faster than the running statistics follow.
+        recalibrate_bn(small, data.train, device, cfg.bn_recalibration_batches)
     acc1 = evaluate(small, data.test, device) if steps > 0 else acc0
     res = SnapshotResult(
         label,
@@ -367,6 +371,10 @@ def _finish_snapshot(
         acc0,
         acc1,
         time.perf_counter() - t0,
+    )
+    console.print(
+        f"snapshot {label}: {format_macs(snap.macs)} MACs, top-1 {acc0:.2f}% at the snapshot, "
+        f"{acc1:.2f}% after fine-tuning"
     )
     return res, small
 
