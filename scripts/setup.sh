@@ -13,7 +13,10 @@ fi
 # Reinstall only when the dependency list changed (torch alone is ~5 GB).
 stamp=.venv/.taperprune-deps
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import taperprune" 2>/dev/null; then
+# The editable install must point at this checkout (a copied .venv points elsewhere).
+here_src="$(pwd)/src/taperprune"
+installed=$(.venv/bin/python -c "import os, taperprune; print(os.path.dirname(taperprune.__file__))" 2>/dev/null || true)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$installed" != "$here_src" ]; then
   echo "setup: installing taperprune and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[dev]"
