@@ -220,6 +220,16 @@ def test_demo_cnn_adjacent_groups_interact():
     assert torch.equal(inter, inter.T)
 
 
+def _marginals_before_after_removing_one(case, group: int):
+    """The group's units, and d for all units before and after removing its first unit."""
+    keep = torch.ones(case.graph.num_units, dtype=torch.bool)
+    _, d = macs_and_marginals(case.cm, keep)
+    units = case.graph.units_of_group(group)
+    keep[units[0]] = False
+    _, d2 = macs_and_marginals(case.cm, keep)
+    return units, d, d2
+
+
 def test_depthwise_self_blocks_do_not_self_interact():
     case = cost_case("dw", depthwise_net(4))
     inter = group_interactions(case.cm, case.unit_group, case.num_groups)
@@ -229,12 +239,7 @@ def test_depthwise_self_blocks_do_not_self_interact():
     assert bool(inter[0, 1]) and bool(inter[1, 0])
     # Check against the definition: removing any unit of group 0 leaves the marginal
     # cost of every other unit of group 0 unchanged.
-    keep = torch.ones(case.graph.num_units, dtype=torch.bool)
-    _, d = macs_and_marginals(case.cm, keep)
-    units = case.graph.units_of_group(0)
-    k = keep.clone()
-    k[units[0]] = False
-    _, d2 = macs_and_marginals(case.cm, k)
+    units, d, d2 = _marginals_before_after_removing_one(case, 0)
     assert torch.equal(d[units[1:]], d2[units[1:]])
 
 
@@ -242,12 +247,7 @@ def test_stream_conv_makes_group_self_interacting():
     case = cost_case("self", SelfResidual(4))
     inter = group_interactions(case.cm, case.unit_group, case.num_groups)
     assert bool(inter[0, 0]) and not bool(inter[1, 1])
-    keep = torch.ones(case.graph.num_units, dtype=torch.bool)
-    _, d = macs_and_marginals(case.cm, keep)
-    units = case.graph.units_of_group(0)
-    k = keep.clone()
-    k[units[0]] = False
-    _, d2 = macs_and_marginals(case.cm, k)
+    units, d, d2 = _marginals_before_after_removing_one(case, 0)
     assert (d2[units[1:]] < d[units[1:]]).all()
 
 
