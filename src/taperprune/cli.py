@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .budget import format_macs
+from .cost import count_macs
 from .errors import TaperpruneError
 
 app = typer.Typer(
@@ -99,11 +100,18 @@ def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
             )
         base.update(loaded)
     base.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("budgets", "exclude"):
+    for key in ("budgets", "exclude", "latency_runtimes"):
         if isinstance(base.get(key), str):
             base[key] = tuple(s.strip() for s in base[key].split(",") if s.strip())
         elif key in base:
             base[key] = tuple(str(s) for s in base[key])
+    if "latency_batches" in base:
+        raw = base["latency_batches"]
+        items = raw.split(",") if isinstance(raw, str) else raw
+        try:
+            base["latency_batches"] = tuple(int(b) for b in items if str(b).strip())
+        except (TypeError, ValueError):
+            raise TaperpruneError(f"latency_batches must be integers, got {raw!r}") from None
     return RunConfig(**base)
 
 
@@ -214,6 +222,203 @@ def demo(
 
     cfg = RunConfig(out=out, train_limit=train_limit)
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write report.html (default: the run; ./report for several)."),
+    ] = None,
+) -> None:
+    """Write report.html and PNG plots; several runs are overlaid on one Pareto plot."""
+    from .report import write_report
+
+    if out is None and len(runs) > 1:
+        out = Path("report")
+    console.print(f"report: {write_report(runs, out)}")
+
+
+def _snapshot_dir(target: Path, budget: str | None) -> Path:
+    """A snapshot directory from a run directory + budget, or a snapshot directory itself."""
+    from .rundir import find_snapshot, is_run, read_run
+
+    if is_run(target):
+        if budget is None:
+            run = read_run(target)
+            raise TaperpruneError(
+                f"{target} is a run with snapshots {[s.label for s in run.snapshots]}; "
+                "choose one with --budget (e.g. --budget 0.25)"
+            )
+        return find_snapshot(read_run(target), budget).directory
+    if (target / "plan.json").is_file():
+        return target
+    raise TaperpruneError(
+        f"{target} is neither a run directory (config.yaml) nor a snapshot directory (plan.json)"
+    )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (with --budget) or a snapshot.")],
+    budget: Annotated[
+        str | None, typer.Option(help="Snapshot of the run: 0.25, 25pct or 3.87G.")
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="onnx | torchscript | safetensors")
+    ] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: in the snapshot).")
+    ] = None,
+) -> None:
+    """Export a snapshot and check the file reproduces the PyTorch model."""
+    from .export import load, read_json, read_plan, save_with_plan, write_json
+    from .formats import FORMATS, check_loaded, export_onnx, export_torchscript
+
+    if format not in FORMATS:
+        raise TaperpruneError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    snap = _snapshot_dir(run, budget)
+    model = load(snap)
+    shape = tuple(read_plan(snap)["input_shape"])
+    default = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+    target = out or snap / default.get(format, f"{snap.name}-with-plan.safetensors")
+    if format == "onnx":
+        check = export_onnx(model, shape, target)
+    elif format == "torchscript":
+        check = export_torchscript(model, shape, target)
+    else:
+        save_with_plan(target, model, read_plan(snap))
+        check = check_loaded(model, shape, target)
+    assert check is not None
+    metrics_path = snap / "metrics.json"
+    if metrics_path.is_file():
+        metrics = read_json(metrics_path)
+        checks = metrics.setdefault("export_checks", {})
+        checks[format] = check.as_dict() | {"path": str(target)}
+        write_json(metrics_path, metrics)
+    console.print(f"wrote {target}")
+    console.print(check.describe())
+    if not check.passed:
+        raise TaperpruneError(f"the exported {format} file does not reproduce the model")
+
+
+def _models_to_time(target: str, input: str | None, num_classes: int) -> list[tuple[str, Any]]:
+    """(name, model or ONNX path) to time, the unpruned reference first where there is one."""
+    from .export import load
+    from .models import build_model, default_input_shape, parse_input_shape
+    from .rundir import is_run, read_run
+
+    path = Path(target)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise TaperpruneError(f"ONNX file {path} does not exist")
+        return [(path.name, path)]
+    if is_run(path):
+        run = read_run(path)
+        return [("unpruned", load(path / "base"))] + [
+            (s.label, load(s.directory)) for s in run.snapshots
+        ]
+    if (path / "plan.json").is_file():
+        base = path.parent.parent / "base"
+        ref = [("unpruned", load(base))] if (base / "plan.json").is_file() else []
+        return ref + [(path.name, load(path))]
+    if path.exists():
+        raise TaperpruneError(f"{path} is not a run, a snapshot (plan.json) or an .onnx file")
+    shape = parse_input_shape(input) if input else default_input_shape(target)
+    return [(target, build_model(target, num_classes=num_classes, in_channels=shape[0]))]
+
+
+def _input_shape_of(item: Any, input: str | None, target: str) -> tuple[int, ...]:
+    from .models import default_input_shape, parse_input_shape
+
+    if input:
+        return parse_input_shape(input)
+    if isinstance(item, Path):
+        from .latency import onnx_session
+
+        dims = onnx_session(item, 1).get_inputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise TaperpruneError(f"{item} has a dynamic input size; give --input CxHxW")
+        return tuple(dims)
+    plan = Path(target) / "plan.json"
+    if plan.is_file() or (Path(target) / "base" / "plan.json").is_file():
+        from .export import read_plan
+
+        src = Path(target) if plan.is_file() else Path(target) / "base"
+        return tuple(read_plan(src)["input_shape"])
+    return default_input_shape(target)
+
+
+@app.command("bench-latency")
+def bench_latency(
+    target: Annotated[
+        str, typer.Argument(help="Model name, file.py:fn, run or snapshot directory, or .onnx.")
+    ],
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32",
+    runtime: Annotated[str, typer.Option(help="torch, onnxruntime, or both (comma).")] = "torch",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: torch's default here).")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per measurement.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
+    input: Annotated[str | None, typer.Option("--input", help="Input shape CxHxW.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier outputs (model names).")] = 1000,
+) -> None:
+    """CPU latency (median, p90) of a model, a snapshot or a whole run, with speed-ups."""
+    import tempfile
+
+    from .formats import export_onnx
+    from .latency import RUNTIMES, default_threads, onnx_latency, torch_latency
+
+    runtimes = [r.strip() for r in runtime.split(",") if r.strip()]
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        raise TaperpruneError(f"--runtime must be among {', '.join(RUNTIMES)}, got {runtime!r}")
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise TaperpruneError(f"--batch must be integers like 1,32, got {batch!r}") from None
+    threads = threads or default_threads()
+    items = _models_to_time(target, input, num_classes)
+    shape = _input_shape_of(items[0][1], input, target)
+    console.print(
+        f"threads: {threads} (torch.set_num_threads / onnxruntime intra-op), input "
+        f"{'x'.join(map(str, shape))}, {warmup} warm-up + {runs} timed runs each"
+    )
+    table = Table(title=f"latency — {target}")
+    for col in ("model", "MACs", "runtime", "batch", "median ms", "p90 ms", "speed-up", "MACs ÷"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    reference: dict[tuple[str, int], tuple[float, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, item in items:
+            macs = 0 if isinstance(item, Path) else count_macs(item, torch.zeros((1, *shape)))
+            onnx_path = item if isinstance(item, Path) else Path(tmp) / f"{len(reference)}.onnx"
+            if "onnxruntime" in runtimes and not isinstance(item, Path):
+                export_onnx(item, shape, onnx_path, check=False)
+            for rt in runtimes:
+                if rt == "torch" and isinstance(item, Path):
+                    continue
+                for b in batches:
+                    m = (
+                        torch_latency(item, shape, b, threads=threads, warmup=warmup, runs=runs)
+                        if rt == "torch"
+                        else onnx_latency(
+                            onnx_path, shape, b, threads=threads, warmup=warmup, runs=runs
+                        )
+                    )
+                    ref_ms, ref_macs = reference.setdefault((rt, b), (m.median_ms, macs))
+                    table.add_row(
+                        name,
+                        format_macs(macs) if macs else "–",
+                        rt,
+                        str(b),
+                        f"{m.median_ms:.3f}",
+                        f"{m.p90_ms:.3f}",
+                        f"{ref_ms / m.median_ms:.2f}×",
+                        f"{ref_macs / macs:.2f}×" if macs else "–",
+                    )
+    console.print(table)
 
 
 def main() -> None:

@@ -207,7 +207,8 @@ def build_graph(
         if isinstance(m, CROSS_CHANNEL_TYPES)
     ]
     try:
-        dg.build_dependency(model, example_inputs=example_input, verbose=False)
+        with torch.enable_grad():  # torch-pruning traces through autograd
+            dg.build_dependency(model, example_inputs=example_input, verbose=False)
     except Exception as exc:
         raise GraphError(
             f"torch-pruning could not trace the model's channel dependencies: "
@@ -462,7 +463,8 @@ def prune_channels(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) ->
     if param is not None:
         example = example.to(param.device, param.dtype)
     was_training = model.training
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    with torch.enable_grad():  # torch-pruning traces through autograd
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     model.train(was_training)
     modules = dict(model.named_modules())
     for root, idxs in graph.removed_root_channels(keep.cpu()).items():

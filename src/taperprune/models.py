@@ -156,7 +156,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     Keyword arguments the builder does not take (e.g. in_channels for torchvision
     models) are dropped, so callers can always pass num_classes and in_channels.
     """
-    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+    if is_file_spec(name):
         fn = _load_user_builder(name)
     elif name in BUILTIN:
         fn = BUILTIN[name]
@@ -186,6 +186,18 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"builder {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def is_file_spec(name: str) -> bool:
+    return ":" in name and name.split(":", 1)[0].endswith(".py")
+
+
+def canonical_name(name: str) -> str:
+    """The model name to store in a plan: a file spec gets its absolute path."""
+    if not is_file_spec(name):
+        return name
+    path_s, fn_name = name.rsplit(":", 1)
+    return f"{Path(path_s).resolve()}:{fn_name}"
 
 
 def _load_user_builder(spec: str) -> Callable[..., nn.Module]:

@@ -9,11 +9,11 @@ Writes the run directory:
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -40,8 +40,12 @@ from .export import (
     write_atomic,
     write_json,
 )
-from .models import build_model
+from .formats import export_onnx
+from .graph import build_graph
+from .latency import RUNTIMES, Latency, onnx_latency, speedups, torch_latency
+from .models import build_model, canonical_name
 from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner, check_budgets
+from .rundir import budget_label, check_out_dir
 from .schedule import ScheduleConfig
 
 
@@ -80,6 +84,11 @@ class RunConfig:
     test_limit: int | None = None
     image_size: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    onnx: bool = True  # write model.onnx next to each snapshot, checked with onnxruntime
+    latency_batches: tuple[int, ...] = (1, 32)  # measured on the CPU; () skips latency
+    latency_runtimes: tuple[str, ...] = ("torch", "onnxruntime")  # onnxruntime needs onnx
+    latency_runs: int = 20
+    report: bool = True  # write report.html and the plots at the end
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -91,6 +100,14 @@ class RunConfig:
                 raise TaperpruneError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.taper_epochs <= 0:
             raise TaperpruneError(f"taper_epochs must be > 0, got {self.taper_epochs}")
+        bad = [r for r in self.latency_runtimes if r not in RUNTIMES]
+        if bad:
+            raise TaperpruneError(f"latency_runtimes must be among {list(RUNTIMES)}, got {bad}")
+        if any(b < 1 for b in self.latency_batches) or self.latency_runs < 1:
+            raise TaperpruneError(
+                f"latency_batches and latency_runs must be ≥ 1, got {list(self.latency_batches)} "
+                f"and {self.latency_runs}"
+            )
 
 
 @dataclass
@@ -256,35 +273,6 @@ def _write_trace(path: Path, trace: list[StepRecord]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def budget_label(target: int, full: int) -> str:
-    """Directory name of a snapshot: its share of the full MACs, e.g. '25.0pct'."""
-    return f"{100.0 * target / full:.4g}pct"
-
-
-RUN_FILES = ("config.yaml", "trace.csv", "summary.json", "base", "snapshots", "checkpoint")
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write over another run unless asked to."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / "config.yaml").exists():
-            raise TaperpruneError(
-                f"output directory {out} exists and is not a taperprune run; choose another --out"
-            )
-        if not overwrite:
-            raise TaperpruneError(
-                f"output directory {out} already holds a run; pass --overwrite to replace it "
-                "or choose another --out"
-            )
-        # Only the files a run writes go; anything else the user put there stays.
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-
-
 def _taper(
     model: nn.Module,
     pruner: TaperPruner,
@@ -329,6 +317,37 @@ def _taper(
     raise TaperpruneError(
         "the taper did not reach the last budget; this is a bug: please report it"
     )
+
+
+def _latency_text(measured: list[Latency]) -> str:
+    return "".join(f"; {m.runtime} b{m.batch}: {m.median_ms:.2f} ms" for m in measured)
+
+
+def _deploy(
+    model: nn.Module,
+    directory: Path,
+    input_shape: tuple[int, ...],
+    cfg: RunConfig,
+    console: Console,
+) -> tuple[dict[str, Any], list[Latency]]:
+    """model.onnx (checked against PyTorch) and the CPU latency of one model."""
+    cpu = copy.deepcopy(model).cpu().float().eval()
+    info: dict[str, Any] = {}
+    onnx_path = directory / "model.onnx"
+    if cfg.onnx:
+        check = export_onnx(cpu, input_shape, onnx_path)
+        assert check is not None
+        info["onnx_check"] = check.as_dict()
+        if not check.passed:
+            console.print(f"[yellow]warning:[/yellow] {directory.name}: {check.describe()}")
+    measured = []
+    for batch in cfg.latency_batches:
+        if "torch" in cfg.latency_runtimes:
+            measured.append(torch_latency(cpu, input_shape, batch, runs=cfg.latency_runs))
+        if "onnxruntime" in cfg.latency_runtimes and cfg.onnx:
+            measured.append(onnx_latency(onnx_path, input_shape, batch, runs=cfg.latency_runs))
+    info["latency"] = [m.as_dict() for m in measured]
+    return info, measured
 
 
 def _finish_snapshot(
@@ -438,9 +457,23 @@ def run_prune(
     base_acc = evaluate(model, data.test, device)
     full_macs = count_macs(model, example)
     full_params = count_params(model)
+    input_shape = tuple(data.input_shape)
+    base_graph = build_graph(model, example, exclude=cfg.exclude)
+    base_plan = make_plan(
+        base_graph,
+        torch.ones(base_graph.num_units, dtype=torch.bool),
+        model_name=canonical_name(cfg.model),
+        model_kwargs=kwargs,
+        macs=full_macs,
+        params=full_params,
+        exclude=cfg.exclude,
+    )
     save_weights(out / "base" / "model.safetensors", model)
+    write_json(out / "base" / "plan.json", base_plan)
+    base_deploy, base_latency = _deploy(model, out / "base", input_shape, cfg, console)
     console.print(
         f"unpruned: {format_macs(full_macs)} MACs, {full_params:,} params, top-1 {base_acc:.2f}%"
+        + _latency_text(base_latency)
     )
 
     taper_steps = max(1, int(cfg.taper_epochs * steps_per_epoch))
@@ -470,20 +503,30 @@ def run_prune(
         plan = make_plan(
             pruner.graph,
             snap.keep,
-            model_name=cfg.model,
+            model_name=canonical_name(cfg.model),
             model_kwargs=kwargs,
             macs=snap.macs,
             params=res.params,
             target=snap.target,
+            exclude=cfg.exclude,
         )
-        metrics = asdict(res) | {
-            "macs_fraction": snap.macs / full_macs,
-            "budget_error_macs": snap.macs - snap.target,
-            "full_macs": full_macs,
-            "full_params": full_params,
-            "base_acc": base_acc,
-        }
+        deploy, latency = _deploy(small, out / "snapshots" / res.label, input_shape, cfg, console)
+        metrics = (
+            asdict(res)
+            | {
+                "macs_fraction": snap.macs / full_macs,
+                "mac_reduction": full_macs / snap.macs,
+                "budget_error_macs": snap.macs - snap.target,
+                "full_macs": full_macs,
+                "full_params": full_params,
+                "base_acc": base_acc,
+                "speedup": speedups(base_latency, latency),
+            }
+            | deploy
+        )
         save_snapshot(out / "snapshots" / res.label, small, plan, metrics)
+        if latency:
+            console.print(f"  {full_macs / snap.macs:.2f}× fewer MACs" + _latency_text(latency))
         results.append(res)
     result = RunResult(
         full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out
@@ -495,7 +538,19 @@ def run_prune(
             "full_params": full_params,
             "base_acc": base_acc,
             "seconds": result.seconds,
+            "trace_rows": len(pruner.trace),
+            "base": base_deploy,
             "snapshots": [asdict(r) for r in results],
         },
     )
+    if cfg.report:
+        try:
+            from .report import write_report
+
+            console.print(f"report: {write_report([out])}")
+        except Exception as exc:  # the run's files are safe; the report can be redone
+            console.print(
+                f"[yellow]warning:[/yellow] the report could not be written ({exc}); "
+                f"run `taperprune report {out}` to retry"
+            )
     return result

@@ -1,0 +1,144 @@
+"""Measured inference latency: warm-up, then median and p90 of timed runs, threads pinned."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import TaperpruneError
+
+Runtime = Literal["torch", "onnxruntime"]
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One measurement: `runs` timed forward passes of one batch size."""
+
+    runtime: str
+    batch: int
+    threads: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time(call: Callable[[], object], warmup: int, runs: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    p90 = float(np.percentile(times, 90)) if len(times) > 1 else times[0]
+    return statistics.median(times), p90
+
+
+def _check_args(batch: int, runs: int, threads: int) -> None:
+    if batch < 1 or runs < 1 or threads < 1:
+        raise TaperpruneError(
+            f"latency needs batch, runs and threads ≥ 1 (got batch={batch}, runs={runs}, "
+            f"threads={threads})"
+        )
+
+
+def default_threads() -> int:
+    """The thread count torch would use here (printed with every measurement)."""
+    return torch.get_num_threads()
+
+
+def torch_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    runs: int = 20,
+    device: torch.device | str = "cpu",
+) -> Latency:
+    """Eager PyTorch latency of `model` in eval mode under `torch.inference_mode`."""
+    threads = threads or default_threads()
+    _check_args(batch, runs, threads)
+    device = torch.device(device)
+    was = model.training
+    model.eval()
+    x = torch.randn((batch, *input_shape), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def call() -> None:
+        model(x)
+        sync()
+
+    try:
+        with _torch_threads(threads), torch.inference_mode():
+            median, p90 = _time(call, warmup, runs)
+    finally:
+        model.train(was)
+    return Latency("torch", batch, threads, median, p90, runs)
+
+
+def onnx_session(path: Path, threads: int) -> Any:
+    """An onnxruntime CPU session with `threads` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TaperpruneError(f"onnxruntime cannot load {path}: {exc}") from exc
+
+
+def onnx_latency(
+    path: Path,
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    runs: int = 20,
+) -> Latency:
+    """onnxruntime (CPU) latency of the ONNX file at `path`."""
+    threads = threads or default_threads()
+    _check_args(batch, runs, threads)
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+    median, p90 = _time(lambda: session.run(None, {name: x}), warmup, runs)
+    return Latency("onnxruntime", batch, threads, median, p90, runs)
+
+
+def speedups(base: list[Latency], pruned: list[Latency]) -> dict[str, float]:
+    """'runtime/batch' -> median latency of the base over that of the pruned model."""
+    by_key = {(b.runtime, b.batch): b.median_ms for b in base}
+    return {
+        f"{p.runtime}/b{p.batch}": by_key[(p.runtime, p.batch)] / p.median_ms
+        for p in pruned
+        if (p.runtime, p.batch) in by_key and p.median_ms > 0
+    }
