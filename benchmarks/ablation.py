@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from taperprune.train import RunConfig, run_prune
+from taperprune.pipeline import run_prune
+from taperprune.train import RunConfig
 
 VARIANTS: dict[str, dict[str, object]] = {
     "taperprune (adaptive, Taylor / marginal MACs)": {},

@@ -17,9 +17,10 @@ from taperprune.export import load, make_plan, read_plan, save_snapshot, save_wi
 from taperprune.formats import check_onnx, export_onnx, export_torchscript
 from taperprune.latency import onnx_latency, speedups, torch_latency
 from taperprune.models import demo_cnn
+from taperprune.pipeline import run_prune
 from taperprune.pruner import TaperPruner
 from taperprune.rundir import find_snapshot, read_run
-from taperprune.train import RunConfig, run_prune
+from taperprune.train import RunConfig
 
 SRC = Path(__file__).parents[1] / "src" / "taperprune"
 RUN = dict(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,7 +81,7 @@ def macs(
 
 
 def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
-    from .train import RunConfig
+    from .train import config_from_mapping
 
     base: dict[str, Any] = {}
     if file is not None:
@@ -92,27 +91,10 @@ def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
             raise TaperpruneError(f"cannot read config {file}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise TaperpruneError(f"config {file} must be a mapping of settings")
-        known = {f.name for f in fields(RunConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise TaperpruneError(
-                f"config {file} has unknown settings {unknown}; known: {sorted(known)}"
-            )
+        config_from_mapping(loaded, source=f"config {file}")  # names unknown settings
         base.update(loaded)
     base.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("budgets", "exclude", "latency_runtimes"):
-        if isinstance(base.get(key), str):
-            base[key] = tuple(s.strip() for s in base[key].split(",") if s.strip())
-        elif key in base:
-            base[key] = tuple(str(s) for s in base[key])
-    if "latency_batches" in base:
-        raw = base["latency_batches"]
-        items = raw.split(",") if isinstance(raw, str) else raw
-        try:
-            base["latency_batches"] = tuple(int(b) for b in items if str(b).strip())
-        except (TypeError, ValueError):
-            raise TaperpruneError(f"latency_batches must be integers, got {raw!r}") from None
-    return RunConfig(**base)
+    return config_from_mapping(base, source=f"config {file}" if file else "the flags")
 
 
 def _print_result(result: Any) -> None:
@@ -183,10 +165,27 @@ def prune(
     amp: Annotated[str | None, typer.Option(help="bf16 | fp16")] = None,
     train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
     test_limit: Annotated[int | None, typer.Option(help="Use only N test examples.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Optimizer steps between checkpoints (0: phase ends only).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the interrupted run in this directory (its config.yaml)."),
+    ] = None,
 ) -> None:
     """Prune a model to each budget in one run; writes snapshots and a trace to --out."""
-    from .train import run_prune
+    given = [k for k, v in locals().items() if k not in ("resume", "overwrite") and v]
+    from .pipeline import resume_run, run_prune
+
+    if resume is not None:
+        if given:
+            raise TaperpruneError(
+                f"--resume continues with the run's own config.yaml; drop {given} (edit "
+                f"{resume / 'config.yaml'} to change a setting, e.g. a lower learning rate)"
+            )
+        _print_result(resume_run(resume, console=console))
+        return
 
     overrides = dict(
         model=model,
@@ -206,6 +205,7 @@ def prune(
         amp=amp,
         train_limit=train_limit,
         test_limit=test_limit,
+        checkpoint_every=checkpoint_every,
     )
     cfg = _config_from(config, overrides)
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
@@ -218,7 +218,8 @@ def demo(
     train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
 ) -> None:
     """The 5-minute tour: demo CNN on Fashion-MNIST, pruned to 50/25/12.5 % of its MACs."""
-    from .train import RunConfig, run_prune
+    from .pipeline import run_prune
+    from .train import RunConfig
 
     cfg = RunConfig(out=out, train_limit=train_limit)
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
@@ -423,8 +424,13 @@ def bench_latency(
 
 def main() -> None:
     """Entry point: user errors print one message and exit 2, without a traceback."""
+    from .pipeline import RunInterrupted
+
     try:
         app(standalone_mode=False)
+    except RunInterrupted as exc:
+        console.print(f"[yellow]stopped:[/yellow] {exc}")
+        sys.exit(130)
     except TaperpruneError as exc:
         if _DEBUG["on"]:
             raise

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,83 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, int, int]
     name: str
+    train_set: Dataset | None = None  # what `BatchStream` draws from
+    workers: int = 0
+    pin_memory: bool = False
+
+
+class BatchStream:
+    """The training batches of a run as one endless, resumable sequence.
+
+    Epoch e is a permutation seeded by (seed, e), cut into global batches of
+    `batch_size` (the last partial one dropped). With `world` > 1 processes, rank r takes
+    its share (`batch_size // world` examples) of every global batch, so the processes
+    together see exactly the batches a single process would. The position (epoch, batch)
+    is all a checkpoint needs to continue the sequence bit for bit.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        if batch_size % world:
+            raise DataError(
+                f"batch size {batch_size} must be divisible by the number of processes {world}"
+            )
+        self.dataset = dataset
+        self.n = len(dataset)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank, self.world = rank, world
+        self.workers, self.pin_memory = workers, pin_memory
+        self.epoch = 0
+        self.index = 0  # batches of the current epoch already handed out
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.n // self.batch_size
+
+    def _index_batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        per_rank = self.batch_size // self.world
+        lo = self.rank * per_rank
+        return [
+            order[b * self.batch_size + lo : b * self.batch_size + lo + per_rank].tolist()
+            for b in range(self.index, len(self))
+        ]
+
+    def batches(self, steps: int) -> Iterator[Any]:
+        """The next `steps` batches (x, y), crossing epochs as needed."""
+        done = 0
+        while done < steps:
+            if self.index >= len(self):
+                self.epoch, self.index = self.epoch + 1, 0
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._index_batches(),
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+            )
+            for batch in loader:
+                self.index += 1
+                done += 1
+                yield batch
+                if done >= steps:
+                    return
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None]:
@@ -252,4 +331,7 @@ def load_data(
         num_classes=k,
         input_shape=shape,
         name=spec,
+        train_set=train,
+        workers=workers,
+        pin_memory=pin_memory,
     )

@@ -1,52 +1,23 @@
-"""The ready training loop of the CLI: pretrain, prune with the taper, fine-tune each snapshot.
-
-Writes the run directory:
-
-    OUT/config.yaml  trace.csv  summary.json  base/  snapshots/<label>/{plan.json,
-    model.safetensors, metrics.json}
-"""
+"""Settings of a run and the training building blocks the pipeline (`pipeline.py`) uses."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import io
-import math
 import random
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from .budget import format_macs
-from .cost import count_macs
-from .data import DataBundle, load_data
+from .distributed import Procs
 from .errors import TaperpruneError
-from .export import (
-    count_params,
-    load_weights,
-    make_plan,
-    save_snapshot,
-    save_weights,
-    write_atomic,
-    write_json,
-)
-from .formats import export_onnx
-from .graph import build_graph
-from .latency import RUNTIMES, Latency, onnx_latency, speedups, torch_latency
-from .models import build_model, canonical_name
-from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner, check_budgets
-from .rundir import budget_label, check_out_dir
-from .schedule import ScheduleConfig
+from .latency import RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -89,6 +60,8 @@ class RunConfig:
     latency_runtimes: tuple[str, ...] = ("torch", "onnxruntime")  # onnxruntime needs onnx
     latency_runs: int = 20
     report: bool = True  # write report.html and the plots at the end
+    checkpoint_every: int = 200  # optimizer steps between checkpoints; 0: only at phase ends
+    max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -103,6 +76,11 @@ class RunConfig:
         bad = [r for r in self.latency_runtimes if r not in RUNTIMES]
         if bad:
             raise TaperpruneError(f"latency_runtimes must be among {list(RUNTIMES)}, got {bad}")
+        if self.checkpoint_every < 0 or self.max_bad_steps < 1:
+            raise TaperpruneError(
+                f"checkpoint_every must be ≥ 0 and max_bad_steps ≥ 1, got "
+                f"{self.checkpoint_every} and {self.max_bad_steps}"
+            )
         if any(b < 1 for b in self.latency_batches) or self.latency_runs < 1:
             raise TaperpruneError(
                 f"latency_batches and latency_runs must be ≥ 1, got {list(self.latency_batches)} "
@@ -138,15 +116,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str, procs: Procs | None = None) -> torch.device:
+    """cpu | cuda | cuda:N | auto; under torchrun each process takes its LOCAL_RANK's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TaperpruneError("--device cuda was asked for, but no CUDA GPU is available here")
-    return torch.device(name)
+    if name == "cuda" and procs is not None and procs.active:
+        name = f"cuda:{procs.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
-def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if cfg.amp is None:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -176,7 +160,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
 
 
 def recalibrate_bn(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, batches: int
+    model: nn.Module, loader: Iterable[Any], device: torch.device, batches: int
 ) -> None:
     """Re-estimate BatchNorm running statistics with `batches` forward passes, no training.
 
@@ -201,20 +185,21 @@ def recalibrate_bn(
     model.train(was)
 
 
-def _batches(
-    loader: torch.utils.data.DataLoader, steps: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`steps` batches, cycling through epochs."""
+def _batches(loader: Iterable[Any], steps: int) -> Iterator[Any]:
+    """`steps` batches, cycling through a loader's epochs (a one-shot iterator ends early)."""
     done = 0
     while done < steps:
+        before = done
         for batch in loader:
             yield batch
             done += 1
             if done >= steps:
                 return
+        if done == before:
+            return
 
 
-def _progress(console: Console) -> Progress:
+def progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -227,330 +212,26 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def fit(
-    model: nn.Module,
-    data: DataBundle,
-    cfg: RunConfig,
-    *,
-    steps: int,
-    lr: float,
-    device: torch.device,
-    console: Console,
-    label: str,
-) -> float:
-    """Plain training with cosine LR for `steps`; returns the last loss."""
-    if steps <= 0:
-        return math.nan
-    opt = make_optimizer(cfg, model, lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
-    loss_f = nn.CrossEntropyLoss()
-    model.train()
-    last = math.nan
-    with _progress(console) as prog:
-        task = prog.add_task(label, total=steps, info="")
-        for i, (x, y) in enumerate(_batches(data.train, steps)):
-            with _autocast(cfg, device):
-                loss = loss_f(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            last = float(loss.detach())
-            if i % 10 == 0 or i == steps - 1:
-                prog.update(task, completed=i + 1, info=f"loss {last:.3f}")
-    return last
-
-
-def _write_trace(path: Path, trace: list[StepRecord]) -> None:
-    buf = io.StringIO()
-    fields = list(StepRecord.__dataclass_fields__)
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for rec in trace:
-        writer.writerow(asdict(rec))
-    write_atomic(path, buf.getvalue())
-
-
-def _taper(
-    model: nn.Module,
-    pruner: TaperPruner,
-    data: DataBundle,
-    cfg: RunConfig,
-    *,
-    device: torch.device,
-    console: Console,
-    taper_steps: int,
-) -> None:
-    """Train at a constant LR with `pruner.step` after every step until the last budget."""
-    opt = make_optimizer(cfg, model, cfg.prune_lr)
-    scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16" and device.type == "cuda")
-    loss_f = nn.CrossEntropyLoss()
-    full = pruner.full_macs
-    model.train()
-    # The taper stops one step at each requested budget to snapshot it exactly.
-    max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
-    with _progress(console) as prog:
-        task = prog.add_task("prune", total=max_steps, info="")
-        for i, (x, y) in enumerate(_batches(data.train, max_steps)):
-            with _autocast(cfg, device):
-                loss = loss_f(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if scaler.is_enabled():  # the scores must not see the loss scale
-                pruner.masks.scale_grad(1.0 / scaler.get_scale())
-            scaler.step(opt)
-            scaler.update()
-            rec = pruner.step(loss)
-            if i % 10 == 0 or pruner.done:
-                prog.update(
-                    task,
-                    completed=i + 1,
-                    info=f"epoch {(i + 1) / len(data.train):.2f}  "
-                    f"budget {100 * rec.budget / full:5.1f}%  "
-                    f"MACs {100 * rec.macs / full:5.1f}%  λ {rec.lam:.2e}  "
-                    f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  loss {rec.loss:.3f}",
-                )
-            if pruner.done:
-                return
-    raise TaperpruneError(
-        "the taper did not reach the last budget; this is a bug: please report it"
-    )
-
-
-def _latency_text(measured: list[Latency]) -> str:
-    return "".join(f"; {m.runtime} b{m.batch}: {m.median_ms:.2f} ms" for m in measured)
-
-
-def _deploy(
-    model: nn.Module,
-    directory: Path,
-    input_shape: tuple[int, ...],
-    cfg: RunConfig,
-    console: Console,
-) -> tuple[dict[str, Any], list[Latency]]:
-    """model.onnx (checked against PyTorch) and the CPU latency of one model."""
-    cpu = copy.deepcopy(model).cpu().float().eval()
-    info: dict[str, Any] = {}
-    onnx_path = directory / "model.onnx"
-    if cfg.onnx:
-        check = export_onnx(cpu, input_shape, onnx_path)
-        assert check is not None
-        info["onnx_check"] = check.as_dict()
-        if not check.passed:
-            console.print(f"[yellow]warning:[/yellow] {directory.name}: {check.describe()}")
-    measured = []
-    for batch in cfg.latency_batches:
-        if "torch" in cfg.latency_runtimes:
-            measured.append(torch_latency(cpu, input_shape, batch, runs=cfg.latency_runs))
-        if "onnxruntime" in cfg.latency_runtimes and cfg.onnx:
-            measured.append(onnx_latency(onnx_path, input_shape, batch, runs=cfg.latency_runs))
-    info["latency"] = [m.as_dict() for m in measured]
-    return info, measured
-
-
-def _finish_snapshot(
-    snap: Snapshot,
-    data: DataBundle,
-    cfg: RunConfig,
-    *,
-    device: torch.device,
-    console: Console,
-    full_macs: int,
-) -> tuple[SnapshotResult, nn.Module]:
-    """Recalibrate BN, evaluate, fine-tune at fixed structure, evaluate again."""
-    t0 = time.perf_counter()
-    small = snap.model
-    assert small is not None  # the CLI keeps snapshot models
-    recalibrate_bn(small, data.train, device, cfg.bn_recalibration_batches)
-    acc0 = evaluate(small, data.test, device)
-    label = budget_label(snap.target, full_macs)
-    steps = int(cfg.finetune_epochs * len(data.train))
-    fit(
-        small,
-        data,
-        cfg,
-        steps=steps,
-        lr=cfg.finetune_lr,
-        device=device,
-        console=console,
-        label=f"fine-tune {label}",
-    )
-    if steps > 0:
-        # A short fine-tune moves the weights faster than the running statistics follow.
-        recalibrate_bn(small, data.train, device, cfg.bn_recalibration_batches)
-    acc1 = evaluate(small, data.test, device) if steps > 0 else acc0
-    res = SnapshotResult(
-        label,
-        snap.target,
-        snap.macs,
-        count_params(small),
-        snap.step,
-        acc0,
-        acc1,
-        time.perf_counter() - t0,
-    )
-    console.print(
-        f"snapshot {label}: {format_macs(snap.macs)} MACs, top-1 {acc0:.2f}% at the snapshot, "
-        f"{acc1:.2f}% after fine-tuning"
-    )
-    return res, small
-
-
-def run_prune(
-    cfg: RunConfig, *, console: Console | None = None, overwrite: bool = False
-) -> RunResult:
-    """The whole pipeline: data, model, (pretrain), taper with snapshots, fine-tune, files."""
-    console = console or Console()
-    t_start = time.perf_counter()
-    out = Path(cfg.out)
-    check_out_dir(out, overwrite)
-    seed_everything(cfg.seed)
-    device = _device(cfg.device)
-    data = load_data(
-        cfg.data,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        image_size=cfg.image_size,
-        train_limit=cfg.train_limit,
-        test_limit=cfg.test_limit,
-    )
-    kwargs = {
-        "num_classes": data.num_classes,
-        "in_channels": data.input_shape[0],
-        **cfg.model_kwargs,
-    }
-    model = build_model(cfg.model, **kwargs)
-    if cfg.weights:
-        state = load_weights(Path(cfg.weights))
+def config_from_mapping(settings: dict[str, Any], *, source: object = "settings") -> RunConfig:
+    """A RunConfig from YAML-like values (lists or comma-separated strings for tuples)."""
+    known = set(RunConfig.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TaperpruneError(f"{source} has unknown settings {unknown}; known: {sorted(known)}")
+    values = dict(settings)
+    for key in ("budgets", "exclude", "latency_runtimes"):
+        if isinstance(values.get(key), str):
+            values[key] = tuple(s.strip() for s in values[key].split(",") if s.strip())
+        elif values.get(key) is not None and key in values:
+            values[key] = tuple(str(s) for s in values[key])
+    if "latency_batches" in values:
+        raw = values["latency_batches"]
+        items = raw.split(",") if isinstance(raw, str) else (raw or ())
         try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise TaperpruneError(
-                f"weights {cfg.weights} do not fit model {cfg.model}: {exc}"
-            ) from exc
-    model.to(device)
-    example = torch.zeros((1, *data.input_shape), device=device)
-    check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude)  # fail before training
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = asdict(cfg) | {"budgets": list(cfg.budgets), "exclude": list(cfg.exclude)}
-    write_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    steps_per_epoch = len(data.train)
-    if steps_per_epoch == 0:
-        raise TaperpruneError(
-            f"data set {cfg.data} has fewer examples than one batch ({cfg.batch_size})"
-        )
-
-    if not cfg.weights and cfg.pretrain_epochs > 0:
-        fit(
-            model,
-            data,
-            cfg,
-            steps=int(cfg.pretrain_epochs * steps_per_epoch),
-            lr=cfg.lr,
-            device=device,
-            console=console,
-            label="pretrain",
-        )
-    base_acc = evaluate(model, data.test, device)
-    full_macs = count_macs(model, example)
-    full_params = count_params(model)
-    input_shape = tuple(data.input_shape)
-    base_graph = build_graph(model, example, exclude=cfg.exclude)
-    base_plan = make_plan(
-        base_graph,
-        torch.ones(base_graph.num_units, dtype=torch.bool),
-        model_name=canonical_name(cfg.model),
-        model_kwargs=kwargs,
-        macs=full_macs,
-        params=full_params,
-        exclude=cfg.exclude,
-    )
-    save_weights(out / "base" / "model.safetensors", model)
-    write_json(out / "base" / "plan.json", base_plan)
-    base_deploy, base_latency = _deploy(model, out / "base", input_shape, cfg, console)
-    console.print(
-        f"unpruned: {format_macs(full_macs)} MACs, {full_params:,} params, top-1 {base_acc:.2f}%"
-        + _latency_text(base_latency)
-    )
-
-    taper_steps = max(1, int(cfg.taper_epochs * steps_per_epoch))
-    pcfg = PrunerConfig(
-        schedule=ScheduleConfig(kind=cfg.schedule, steps=taper_steps, tolerance=cfg.tolerance),  # type: ignore[arg-type]
-        warmup_steps=cfg.warmup_steps,
-        score=cfg.score,
-        price=cfg.price,
-        price_power=cfg.price_power,
-    )
-    snaps: list[Snapshot] = []
-    pruner = TaperPruner(
-        model,
-        example,
-        list(cfg.budgets),
-        config=pcfg,
-        exclude=cfg.exclude,
-        on_snapshot=snaps.append,
-    )
-    _taper(model, pruner, data, cfg, device=device, console=console, taper_steps=taper_steps)
-    _write_trace(out / "trace.csv", pruner.trace)
-    results = []
-    for snap in snaps:
-        res, small = _finish_snapshot(
-            snap, data, cfg, device=device, console=console, full_macs=full_macs
-        )
-        plan = make_plan(
-            pruner.graph,
-            snap.keep,
-            model_name=canonical_name(cfg.model),
-            model_kwargs=kwargs,
-            macs=snap.macs,
-            params=res.params,
-            target=snap.target,
-            exclude=cfg.exclude,
-        )
-        deploy, latency = _deploy(small, out / "snapshots" / res.label, input_shape, cfg, console)
-        metrics = (
-            asdict(res)
-            | {
-                "macs_fraction": snap.macs / full_macs,
-                "mac_reduction": full_macs / snap.macs,
-                "budget_error_macs": snap.macs - snap.target,
-                "full_macs": full_macs,
-                "full_params": full_params,
-                "base_acc": base_acc,
-                "speedup": speedups(base_latency, latency),
-            }
-            | deploy
-        )
-        save_snapshot(out / "snapshots" / res.label, small, plan, metrics)
-        if latency:
-            console.print(f"  {full_macs / snap.macs:.2f}× fewer MACs" + _latency_text(latency))
-        results.append(res)
-    result = RunResult(
-        full_macs, full_params, base_acc, results, time.perf_counter() - t_start, out
-    )
-    write_json(
-        out / "summary.json",
-        {
-            "full_macs": full_macs,
-            "full_params": full_params,
-            "base_acc": base_acc,
-            "seconds": result.seconds,
-            "trace_rows": len(pruner.trace),
-            "base": base_deploy,
-            "snapshots": [asdict(r) for r in results],
-        },
-    )
-    if cfg.report:
-        try:
-            from .report import write_report
-
-            console.print(f"report: {write_report([out])}")
-        except Exception as exc:  # the run's files are safe; the report can be redone
-            console.print(
-                f"[yellow]warning:[/yellow] the report could not be written ({exc}); "
-                f"run `taperprune report {out}` to retry"
-            )
-    return result
+            values["latency_batches"] = tuple(int(b) for b in items if str(b).strip())
+        except (TypeError, ValueError):
+            raise TaperpruneError(f"latency_batches must be integers, got {raw!r}") from None
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise TaperpruneError(f"{source}: {exc}") from exc

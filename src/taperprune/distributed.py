@@ -1,0 +1,76 @@
+"""Multi-process training under `torchrun`: which process this is, and the few collectives
+the pruner needs so that every rank holds the same masks, scores and λ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Procs:
+    """This process's place among the `world` processes of a run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files and prints progress."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def from_environment(device_type: str) -> Procs:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), or run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Procs()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Procs(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def mean(procs: Procs, value: torch.Tensor) -> torch.Tensor:
+    """The mean of `value` over all processes (in place; a no-op when alone)."""
+    if procs.active:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= procs.world
+    return value
+
+
+def any_flag(procs: Procs, flag: bool) -> bool:
+    """True on every process when it is true on any (e.g. a signal reached one of them)."""
+    if not procs.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_buffers(procs: Procs, model: nn.Module) -> None:
+    """Give every process rank 0's buffers (BN statistics estimated on its own shard)."""
+    if procs.active:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
+def barrier(procs: Procs) -> None:
+    if procs.active:
+        dist.barrier()
+
+
+def wrap(procs: Procs, model: nn.Module, device: torch.device) -> nn.Module:
+    """The module to run forward/backward through: DDP when several processes train."""
+    if not procs.active:
+        return model
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
