@@ -88,20 +88,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any], step: int) -> Path:
+def save_checkpoint(directory: Path, state: dict[str, Any], step: int, phase: str = "") -> Path:
     """Write `state` as checkpoint number `step`, then point latest.json at it."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
-    name = f"step-{step:09d}"
+    name, n = f"step-{step:09d}", 0
+    while (directory / name).exists():  # never touch the directory latest.json names
+        n += 1
+        name = f"step-{step:09d}.{n}"
     target = directory / name
-    if target.exists():
-        shutil.rmtree(target)
     target.mkdir(parents=True)
     with atomic_path(target / "tensors.safetensors") as tmp:
         save_file(tensors, str(tmp))
     with atomic_path(target / "state.json") as tmp:
         tmp.write_text(json.dumps({"format": FORMAT, "state": tree}))
-    write_json(directory / LATEST, {"dir": name, "step": step, "format": FORMAT})
+    write_json(directory / LATEST, {"dir": name, "step": step, "phase": phase, "format": FORMAT})
     for old in directory.glob("step-*"):  # only now is the old checkpoint redundant
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -74,3 +74,13 @@ def wrap(procs: Procs, model: nn.Module, device: torch.device) -> nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" and device.index is not None else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def spread(procs: Procs, value: torch.Tensor) -> float:
+    """max over processes − min over processes, elementwise, then the largest (0 when alone)."""
+    if not procs.active:
+        return 0.0
+    hi, lo = value.detach().double().clone(), value.detach().double().clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max()) if hi.numel() else 0.0

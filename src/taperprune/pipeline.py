@@ -133,6 +133,7 @@ class _Run:
         self.results = [SnapshotResult(**r) for r in self.saved.get("results", [])]
         self.finetune: dict[str, Any] = {}
         self.signal: int | None = None
+        self.ranks: dict[str, float] = {}  # pruning-state spread over processes (DDP)
         self.elapsed0: float = self.saved.get("seconds", 0.0)
         self.t0 = time.perf_counter()
 
@@ -166,7 +167,7 @@ class _Run:
                 for t, s in self.pruner.snapshots.items()
                 if t not in done and s.model is not None
             }
-        save_checkpoint(self.out / "checkpoint", state, self.global_step)
+        save_checkpoint(self.out / "checkpoint", state, self.global_step, self.phase)
 
     def _resuming(self, phase: str) -> bool:
         """True when the saved state is inside `phase` and not yet restored."""
@@ -448,9 +449,11 @@ class _Run:
         taper_steps = max(1, int(cfg.taper_epochs * len(self.stream)))
         # The taper stops one step at each requested budget to snapshot it exactly.
         max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
+        # A checkpoint of the taper's last step is restored with the pruner already done.
+        remaining = 0 if pruner.done else max_steps
         with progress(self.console) as prog:
             task = prog.add_task("prune", total=max_steps, completed=start, info="")
-            for i, rec in self._steps("prune", self.model, max_steps, start, pruner=pruner):
+            for i, rec in self._steps("prune", self.model, remaining, start, pruner=pruner):
                 if rec is not None and (i % 10 == 0 or pruner.done):
                     prog.update(
                         task,
@@ -468,10 +471,26 @@ class _Run:
                 "the taper did not reach the last budget; this is a bug: please report it"
             )
         self.opt = None
+        self._check_ranks_agree(pruner)
         if self.procs.main:
             _write_trace(self.out / "trace.csv", pruner.trace)
-        self.phase, self.phase_step, self.finetune = "finetune", 0, {}
+        self.phase, self.phase_step, self.finetune = "finetune", 0, {"index": 0}
         self.checkpoint()
+
+    def _check_ranks_agree(self, pruner: TaperPruner) -> None:
+        """Every process must hold the same masks, scores and λ (they decide the model)."""
+        if not self.procs.active:
+            return
+        self.ranks = {
+            "masks": ddp.spread(self.procs, pruner.keep.double()),
+            "scores": ddp.spread(self.procs, pruner.scores),
+            "lam": ddp.spread(self.procs, torch.tensor([pruner.lam])),
+        }
+        if any(v != 0.0 for v in self.ranks.values()):
+            raise TaperpruneError(
+                f"the {self.procs.world} processes disagree on the pruning state "
+                f"(max differences {self.ranks}); this is a bug: please report it"
+            )
 
     def _finetunes(self) -> None:
         assert self.pruner is not None and self.base is not None
@@ -501,9 +520,9 @@ class _Run:
             set_rng_state(self.saved["rng"])
             self.stream.load_state_dict(self.saved["stream"])
         if resumed and "acc0" in self.saved["finetune"]:
-            self.finetune = dict(self.saved["finetune"])
+            self.finetune = dict(self.saved["finetune"])  # `_fit` restores the optimizer
         else:
-            self.saved = {"phase": None} if resumed else self.saved
+            self.saved = {"phase": None}
             self.finetune = {"index": k}
             self._recalibrate(small)
             self.finetune["acc0"] = evaluate(small, self.data.test, self.device)
@@ -593,7 +612,9 @@ class _Run:
                 "base_acc": result.base_acc,
                 "seconds": seconds,
                 "trace_rows": len(self.pruner.trace),
+                "optimizer_steps": self.global_step,
                 "processes": self.procs.world,
+                "ranks_agree": self.ranks,
                 "base": self.base["deploy"],
                 "snapshots": [asdict(r) for r in self.results],
             },
