@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +99,8 @@ def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
 
 
 def _print_result(result: Any) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     table = Table(title=f"taperprune — {result.out}")
     for col in (
         "budget",
