@@ -212,8 +212,8 @@ def build_graph(
     except Exception as exc:
         raise GraphError(
             f"torch-pruning could not trace the model's channel dependencies: "
-            f"{type(exc).__name__}: {exc}. Exclude the layer involved with --exclude NAME, "
-            "or simplify the operation (known: ShuffleNet's channel-shuffle view)."
+            f"{type(exc).__name__}: {exc}. This architecture is not supported (known: "
+            "ShuffleNet's channel-shuffle view); see docs/MODELS.md."
         ) from exc
     finally:
         for h in hooks:
@@ -259,8 +259,10 @@ def build_graph(
                 continue
             if isinstance(mod, CROSS_CHANNEL_TYPES):
                 why = f"layer {name!r} ({type(mod).__name__}) mixes channels"
-            elif not isinstance(mod, COUNTED_TYPES + NORM_TYPES + (nn.PReLU,)) and any(
-                True for _ in mod.parameters(recurse=False)
+            elif (
+                not isinstance(mod, COUNTED_TYPES + NORM_TYPES + (nn.PReLU,))
+                and any(True for _ in mod.parameters(recurse=False))
+                and not any(_matches(names.get(i.dep.target.module, ""), exclude) for i in tp_group)
             ):
                 raise GraphError(
                     f"layer {name!r} ({type(mod).__name__}) sits in the prunable channel group "
@@ -285,6 +287,16 @@ def build_graph(
             lay = layer_of[name]
             both = isinstance(lay, NORM_TYPES) or _is_depthwise(lay)
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            width = len(out_map[name]) if is_out else len(in_map[name])
+            if any(not 0 <= local < width for local in item.idxs) or (
+                both and any(local >= len(in_map[name]) for local in item.idxs)
+            ):
+                raise GraphError(
+                    f"torch-pruning maps channels of the group of {root!r} outside layer "
+                    f"{name!r} ({type(lay).__name__}); known for convs with groups == "
+                    "out_channels < in_channels beside a concat. Keep them whole with "
+                    f"--exclude {name!r}"
+                )
             for local, r in zip(item.idxs, item.root_idxs, strict=True):
                 if both or is_out:
                     out_map[name][local] = (gi, r)

@@ -178,6 +178,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
                 f"{kwargs['in_channels']}; use data with 3 channels."
             )
         kwargs = {k: v for k, v in kwargs.items() if k != "in_channels"}
+        if name in ("googlenet", "inception_v3"):
+            # Auxiliary heads return a tuple in training and are never traced (torch-pruning
+            # traces in eval mode), so their input channels would not be pruned with the rest.
+            kwargs.setdefault("aux_logits", False)
+            kwargs.setdefault("init_weights", False)
         return fn(**kwargs)
     params = inspect.signature(fn).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):

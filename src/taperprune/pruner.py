@@ -29,8 +29,8 @@ from . import schedule as sched
 from .budget import parse_budgets
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .cost import build_cost_model, layer_macs, macs_and_marginals
-from .errors import TaperpruneError
-from .graph import FIXED, build_graph
+from .errors import GraphError, TaperpruneError
+from .graph import FIXED, ChannelGraph, build_graph
 from .masks import ChannelMasks, remove_masked
 from .scores import bn_gamma_scores, corrected_scores, update_scores
 
@@ -87,6 +87,34 @@ class Snapshot:
     widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
 
 
+def check_surgery(model: nn.Module, graph: ChannelGraph) -> None:
+    """Remove the first, then the last unit of every group and check the copy computes the
+    masked function. On failure, the groups whose surgery is not exact are named."""
+
+    def trial(groups: Sequence[int], pick: int) -> GraphError | None:
+        keep = torch.ones(graph.num_units, dtype=torch.bool)
+        for gi in groups:
+            units = graph.units_of_group(gi)
+            if len(units) > 1:
+                keep[units[pick]] = False
+        try:
+            remove_masked(model, graph, keep)
+        except GraphError as exc:
+            return exc
+        return None
+
+    every = range(len(graph.groups))
+    first = trial(every, 0) or trial(every, -1)
+    if first is None:
+        return
+    bad = [graph.groups[g].root for g in every if trial([g], 0) or trial([g], -1)]
+    names = ", ".join(repr(b) for b in bad) or "several groups together"
+    raise GraphError(
+        f"{first}. Groups with inexact surgery (by their root layer): {names}; keep them whole "
+        f"with --exclude {','.join(bad) if bad else 'NAME'}"
+    )
+
+
 def check_budgets(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -94,9 +122,10 @@ def check_budgets(
     *,
     exclude: Sequence[str] = (),
 ) -> list[int]:
-    """Validate budgets for a model before any training: MACs, or a BudgetError saying why."""
+    """Validate budgets (and the surgery) before any training: MACs, or an error saying why."""
     graph = build_graph(model, example_input, exclude=exclude)
     cost = build_cost_model(graph)
+    check_surgery(model, graph)
     return parse_budgets(
         budgets, cost.full_macs, minimum_macs(cost, graph.unit_group, len(graph.groups))
     )
@@ -134,6 +163,7 @@ class TaperPruner:
         self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups)
         self.budgets = parse_budgets(budgets, self.full_macs, self.min_macs)
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
+        check_surgery(model, self.graph)  # before any training: fail now, not at a snapshot
         self.masks = ChannelMasks(model, self.graph)
         self.scores = torch.zeros(self.graph.num_units, dtype=torch.float64)
         self.on_snapshot = on_snapshot
