@@ -84,3 +84,11 @@ def spread(procs: Procs, value: torch.Tensor) -> float:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     return float((hi - lo).max()) if hi.numel() else 0.0
+
+
+def finish(procs: Procs, ok: bool) -> None:
+    """Leave the process group (gloo threads left running abort the process at exit)."""
+    if procs.active and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()

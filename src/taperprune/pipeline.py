@@ -641,7 +641,17 @@ def run_prune(
     if procs.main:
         check_out_dir(Path(cfg.out), overwrite)
     ddp.barrier(procs)
-    return _Run(cfg, console or Console(), procs, None).execute()
+    return _execute(_Run(cfg, console or Console(), procs, None), procs)
+
+
+def _execute(run: _Run, procs: ddp.Procs) -> RunResult:
+    ok = False
+    try:
+        result = run.execute()
+        ok = True
+        return result
+    finally:
+        ddp.finish(procs, ok)
 
 
 def resume_run(out: str | Path, *, console: Console | None = None) -> RunResult:
@@ -664,4 +674,4 @@ def resume_run(out: str | Path, *, console: Console | None = None) -> RunResult:
     cfg = config_from_mapping({**settings, "out": str(out)}, source=out / "config.yaml")
     procs = ddp.from_environment("cuda" if cfg.device.startswith("cuda") else "cpu")
     state = load_checkpoint(out / "checkpoint")
-    return _Run(cfg, console or Console(), procs, state).execute()
+    return _execute(_Run(cfg, console or Console(), procs, state), procs)
