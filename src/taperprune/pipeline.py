@@ -173,6 +173,11 @@ class _Run:
         """True when the saved state is inside `phase` and not yet restored."""
         return self.saved.get("phase") == phase
 
+    def _restore_position(self) -> None:
+        """Continue the random streams where the checkpoint left them."""
+        set_rng_state(self.saved["rng"])
+        self.stream.load_state_dict(self.saved["stream"])
+
     def _restore_loop(self, opt: torch.optim.Optimizer, sched: Any) -> int:
         opt.load_state_dict(self.saved["optimizer"])
         if sched is not None and "scheduler" in self.saved:
@@ -212,31 +217,26 @@ class _Run:
                 scaler.update()
             if self.sched is not None:
                 self.sched.step()
-            rec = None
+            rec, too_many_bad = None, None
             if pruner is not None:
                 if pruner.masks.grad is not None:  # identical scores on every rank
                     ddp.mean(self.procs, pruner.masks.grad)
                 if scaler.is_enabled():  # the scores must not see the loss scale
                     pruner.masks.scale_grad(1.0 / scaler.get_scale())
-                try:
+                try:  # the pruner counts its own bad steps
                     rec = pruner.step(loss_v if finite else torch.tensor(math.nan))
                 except TaperpruneError as exc:
-                    self.phase_step = i + 1
-                    self.global_step += 1
-                    self._stop_on_bad(label, exc)
+                    too_many_bad = exc
             else:
                 bad = 0 if finite else bad + 1
                 if bad >= cfg.max_bad_steps:
-                    self.phase_step = i + 1
-                    self.global_step += 1
-                    self._stop_on_bad(
-                        label,
-                        TaperpruneError(
-                            f"{bad} consecutive steps had a non-finite loss or gradient"
-                        ),
+                    too_many_bad = TaperpruneError(
+                        f"{bad} consecutive steps had a non-finite loss or gradient"
                     )
             self.phase_step = i + 1
             self.global_step += 1
+            if too_many_bad is not None:
+                self._stop_on_bad(label, too_many_bad)
             if ddp.any_flag(self.procs, self.signal is not None):
                 self.checkpoint()
                 raise RunInterrupted(
@@ -358,8 +358,7 @@ class _Run:
         self.phase = "pretrain"
         if self._resuming("pretrain"):
             self.model.load_state_dict(self.saved["model"])
-            set_rng_state(self.saved["rng"])
-            self.stream.load_state_dict(self.saved["stream"])
+            self._restore_position()
         steps = 0 if self.cfg.weights else int(self.cfg.pretrain_epochs * len(self.stream))
         self._fit("pretrain", self.model, steps, self.cfg.lr)
         self.phase_step = 0
@@ -403,11 +402,19 @@ class _Run:
         self.phase, self.phase_step = "taper", 0
         self.checkpoint()
 
+    @property
+    def taper_steps(self) -> int:
+        """Steps within which the taper reaches the last budget."""
+        return max(1, int(self.cfg.taper_epochs * len(self.stream)))
+
     def _make_pruner(self) -> TaperPruner:
         cfg = self.cfg
-        taper_steps = max(1, int(cfg.taper_epochs * len(self.stream)))
         pcfg = PrunerConfig(
-            schedule=ScheduleConfig(kind=cfg.schedule, steps=taper_steps, tolerance=cfg.tolerance),  # type: ignore[arg-type]
+            schedule=ScheduleConfig(
+                kind=cfg.schedule,  # type: ignore[arg-type]
+                steps=self.taper_steps,
+                tolerance=cfg.tolerance,
+            ),
             warmup_steps=cfg.warmup_steps,
             score=cfg.score,
             price=cfg.price,
@@ -415,7 +422,12 @@ class _Run:
             max_bad_steps=cfg.max_bad_steps,
         )
         pruner = TaperPruner(
-            self.model, self.example, list(cfg.budgets), config=pcfg, exclude=cfg.exclude
+            self.model,
+            self.example,
+            list(cfg.budgets),
+            config=pcfg,
+            exclude=cfg.exclude,
+            check=False,  # `execute` ran check_budgets (and the surgery check) already
         )
         if self.saved.get("phase") == "taper":
             self.model.load_state_dict(self.saved["model"])
@@ -439,16 +451,14 @@ class _Run:
         self.opt = make_optimizer(cfg, self.model, cfg.prune_lr)
         start = 0
         if self._resuming("taper"):
-            set_rng_state(self.saved["rng"])
-            self.stream.load_state_dict(self.saved["stream"])
+            self._restore_position()
             if "optimizer" in self.saved:
                 start = self._restore_loop(self.opt, None)
             else:
                 self.saved = {"phase": None}
         full = pruner.full_macs
-        taper_steps = max(1, int(cfg.taper_epochs * len(self.stream)))
         # The taper stops one step at each requested budget to snapshot it exactly.
-        max_steps = cfg.warmup_steps + taper_steps + len(cfg.budgets) + 1
+        max_steps = cfg.warmup_steps + self.taper_steps + len(cfg.budgets) + 1
         # A checkpoint of the taper's last step is restored with the pruner already done.
         remaining = 0 if pruner.done else max_steps
         with progress(self.console) as prog:
@@ -517,8 +527,7 @@ class _Run:
         t0 = time.perf_counter()
         resumed = self.saved.get("phase") == "finetune" and self.saved["finetune"].get("index") == k
         if resumed:
-            set_rng_state(self.saved["rng"])
-            self.stream.load_state_dict(self.saved["stream"])
+            self._restore_position()
         if resumed and "acc0" in self.saved["finetune"]:
             self.finetune = dict(self.saved["finetune"])  # `_fit` restores the optimizer
         else:

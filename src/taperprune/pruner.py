@@ -147,7 +147,9 @@ class TaperPruner:
         exclude: Sequence[str] = (),
         on_snapshot: Callable[[Snapshot], None] | None = None,
         keep_snapshot_models: bool = True,
+        check: bool = True,
     ) -> None:
+        """`check=False` skips the trial removals (`check_surgery`) already run on this model."""
         self.model = model
         config = config or PrunerConfig()
         # Shortcuts for the schedule settings most users change.
@@ -163,7 +165,8 @@ class TaperPruner:
         self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups)
         self.budgets = parse_budgets(budgets, self.full_macs, self.min_macs)
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
-        check_surgery(model, self.graph)  # before any training: fail now, not at a snapshot
+        if check:  # before any training: fail now, not at a snapshot
+            check_surgery(model, self.graph)
         self.masks = ChannelMasks(model, self.graph)
         self.scores = torch.zeros(self.graph.num_units, dtype=torch.float64)
         self.on_snapshot = on_snapshot
