@@ -92,7 +92,6 @@ def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
             raise TaperpruneError(f"cannot read config {file}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise TaperpruneError(f"config {file} must be a mapping of settings")
-        config_from_mapping(loaded, source=f"config {file}")  # names unknown settings
         base.update(loaded)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_mapping(base, source=f"config {file}" if file else "the flags")
@@ -307,51 +306,39 @@ def export(
         raise TaperpruneError(f"the exported {format} file does not reproduce the model")
 
 
-def _models_to_time(target: str, input: str | None, num_classes: int) -> list[tuple[str, Any]]:
-    """(name, model or ONNX path) to time, the unpruned reference first where there is one."""
-    from .export import load
+def _models_to_time(
+    target: str, input: str | None, num_classes: int
+) -> tuple[list[tuple[str, Any]], tuple[int, ...]]:
+    """(name, model or ONNX path) to time, the unpruned reference first where there is one,
+    and the input shape: --input, else the one the target was made for."""
+    from .export import load, read_plan
+    from .latency import onnx_session
     from .models import build_model, default_input_shape, parse_input_shape
     from .rundir import is_run, read_run
 
+    given = parse_input_shape(input) if input else None
     path = Path(target)
     if path.suffix == ".onnx":
         if not path.is_file():
             raise TaperpruneError(f"ONNX file {path} does not exist")
-        return [(path.name, path)]
+        dims = onnx_session(path, 1).get_inputs()[0].shape[1:]
+        if given is None and not all(isinstance(d, int) for d in dims):
+            raise TaperpruneError(f"{path} has a dynamic input size; give --input CxHxW")
+        return [(path.name, path)], given or tuple(dims)
     if is_run(path):
         run = read_run(path)
-        return [("unpruned", load(path / "base"))] + [
-            (s.label, load(s.directory)) for s in run.snapshots
-        ]
+        items = [("unpruned", load(path / "base"))]
+        items += [(s.label, load(s.directory)) for s in run.snapshots]
+        return items, given or tuple(run.base_plan["input_shape"])
     if (path / "plan.json").is_file():
         base = path.parent.parent / "base"
         ref = [("unpruned", load(base))] if (base / "plan.json").is_file() else []
-        return ref + [(path.name, load(path))]
+        shape = given or tuple(read_plan(path)["input_shape"])
+        return ref + [(path.name, load(path))], shape
     if path.exists():
         raise TaperpruneError(f"{path} is not a run, a snapshot (plan.json) or an .onnx file")
-    shape = parse_input_shape(input) if input else default_input_shape(target)
-    return [(target, build_model(target, num_classes=num_classes, in_channels=shape[0]))]
-
-
-def _input_shape_of(item: Any, input: str | None, target: str) -> tuple[int, ...]:
-    from .models import default_input_shape, parse_input_shape
-
-    if input:
-        return parse_input_shape(input)
-    if isinstance(item, Path):
-        from .latency import onnx_session
-
-        dims = onnx_session(item, 1).get_inputs()[0].shape[1:]
-        if not all(isinstance(d, int) for d in dims):
-            raise TaperpruneError(f"{item} has a dynamic input size; give --input CxHxW")
-        return tuple(dims)
-    plan = Path(target) / "plan.json"
-    if plan.is_file() or (Path(target) / "base" / "plan.json").is_file():
-        from .export import read_plan
-
-        src = Path(target) if plan.is_file() else Path(target) / "base"
-        return tuple(read_plan(src)["input_shape"])
-    return default_input_shape(target)
+    shape = given or default_input_shape(target)
+    return [(target, build_model(target, num_classes=num_classes, in_channels=shape[0]))], shape
 
 
 @app.command("bench-latency")
@@ -384,8 +371,7 @@ def bench_latency(
     except ValueError:
         raise TaperpruneError(f"--batch must be integers like 1,32, got {batch!r}") from None
     threads = threads or default_threads()
-    items = _models_to_time(target, input, num_classes)
-    shape = _input_shape_of(items[0][1], input, target)
+    items, shape = _models_to_time(target, input, num_classes)
     console.print(
         f"threads: {threads} (torch.set_num_threads / onnxruntime intra-op), input "
         f"{'x'.join(map(str, shape))}, {warmup} warm-up + {runs} timed runs each"

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +54,23 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_structured(
+    path: Path, parse: Callable[[str], Any], errors: tuple[type[Exception], ...], kind: str
+) -> Any:
+    """Parse a text file; a missing or unparsable one is named in the error."""
+    bad: tuple[type[Exception], ...] = (*errors, UnicodeDecodeError)
     try:
-        return json.loads(path.read_text())
+        return parse(path.read_text())
     except FileNotFoundError:
         raise TaperpruneError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except bad as exc:
         raise TaperpruneError(
-            f"{path} is corrupted or truncated ({exc}); it is not valid JSON"
+            f"{path} is corrupted or truncated ({exc}); it is not valid {kind}"
         ) from exc
+
+
+def read_json(path: Path) -> Any:
+    return read_structured(path, json.loads, (json.JSONDecodeError,), "JSON")
 
 
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:

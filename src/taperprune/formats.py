@@ -90,8 +90,6 @@ def export_onnx(
                 )
             assert program is not None
             program.save(str(tmp))
-        except TaperpruneError:
-            raise
         except Exception as exc:
             raise TaperpruneError(f"ONNX export of the model failed: {exc}") from exc
     return check_onnx(model, input_shape, path) if check else None

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .budget import format_macs  # noqa: E402
-from .export import write_atomic  # noqa: E402
+from .export import atomic_path, write_atomic  # noqa: E402
 from .rundir import RunFiles, read_run  # noqa: E402
 
 DPI = 110
@@ -23,10 +23,11 @@ DPI = 110
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    with_tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(with_tmp, dpi=DPI)
-    plt.close(fig)
-    with_tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

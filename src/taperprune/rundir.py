@@ -20,7 +20,7 @@ import yaml
 
 from .budget import parse_budget
 from .errors import BudgetError, TaperpruneError
-from .export import read_json
+from .export import read_json, read_structured
 
 RUN_FILES = (
     "config.yaml",
@@ -94,12 +94,7 @@ class RunFiles:
 
 
 def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TaperpruneError(f"{path} is missing") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TaperpruneError(f"{path} is corrupted ({exc}); it is not valid YAML") from exc
+    return read_structured(path, yaml.safe_load, (yaml.YAMLError,), "YAML")
 
 
 def _cell(key: str, value: str) -> Any:
