@@ -1,0 +1,254 @@
+"""results.csv rows of `taperprune bench` → mean ± std tables (markdown) and a Pareto plot.
+
+"Within noise": two means whose difference is at most twice its standard error,
+|Δ| ≤ 2·√(s₁²/n₁ + s₂²/n₂) (a rough 95 % interval; with 3 seeds it is only a guide).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .export import atomic_path, write_atomic  # noqa: E402
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (view, net, method, budget) over its seeds."""
+
+    mean: float
+    std: float  # nan with one seed
+    n: int
+    macs_fraction: float  # mean MACs reached / full MACs
+    steps: float  # mean optimizer steps
+
+    def text(self) -> str:
+        return f"{self.mean:.2f}" + ("" if math.isnan(self.std) else f" ± {self.std:.2f}")
+
+
+def _cell(rows: Sequence[Row]) -> Cell:
+    accs = [float(r["acc"]) for r in rows]
+    std = statistics.stdev(accs) if len(accs) > 1 else math.nan
+    return Cell(
+        statistics.fmean(accs),
+        std,
+        len(accs),
+        statistics.fmean(r["macs"] / r["full_macs"] for r in rows),
+        statistics.fmean(float(r["steps"]) for r in rows),
+    )
+
+
+def within_noise(a: Cell, b: Cell) -> bool:
+    """True when the two means differ by no more than twice the difference's standard error."""
+    if a.n < 2 or b.n < 2:
+        return True  # one seed: no estimate of the noise, so no difference is established
+    return abs(a.mean - b.mean) <= 2.0 * math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+
+
+def column(row: Row) -> float:
+    """A table column: the MAC budget, or in the steps view the nominal step budget."""
+    return float(row["step_budget"]) if row["view"] == "steps" else float(row["budget"])
+
+
+def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Cell]]]:
+    """(view, net) → method → column (see `column`) → Cell, methods in first-seen order."""
+    grouped: dict[tuple[str, str], dict[str, dict[float, list[Row]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in rows:
+        grouped[(r["view"], r["net"])][r["method"]][column(r)].append(r)
+    for (view, net), methods in grouped.items():
+        # The curve view compares against taperprune's one run of the per-budget view.
+        ours = grouped.get(("per-budget", net), {}).get("taperprune")
+        if view == "curve" and ours and "taperprune" not in methods:
+            grouped[(view, net)] = {"taperprune": ours, **methods}
+    return {
+        key: {m: {b: _cell(rs) for b, rs in per.items()} for m, per in methods.items()}
+        for key, methods in grouped.items()
+    }
+
+
+def _verdict(per: dict[str, dict[float, Cell]], budget: float) -> str:
+    """taperprune against the best other method at `budget`."""
+    if "taperprune" not in per or budget not in per["taperprune"]:
+        return ""
+    ours = per["taperprune"][budget]
+    others = [(m, c[budget]) for m, c in per.items() if m != "taperprune" and budget in c]
+    if not others:
+        return ""
+    name, best = max(others, key=lambda mc: mc[1].mean)
+    delta = ours.mean - best.mean
+    noise = " (within noise)" if within_noise(ours, best) else ""
+    return f"{delta:+.2f} vs {name}{noise}"
+
+
+def _accuracy_table(
+    per: dict[str, dict[float, Cell]], budgets: list[float], view: str
+) -> list[str]:
+    steps_view, curve = view == "steps", view == "curve" and len(per) > 1
+    heads = [f"{b:.0f} steps" if steps_view else f"{100 * b:.4g} %" for b in budgets]
+    lines = ["| method | " + " | ".join(heads) + " |"]
+    lines.append("|---" * (len(budgets) + 1) + "|")
+    best = {b: max((c[b] for c in per.values() if b in c), key=lambda c: c.mean) for b in budgets}
+    for method, row in per.items():
+        texts = []
+        for b in budgets:
+            if b not in row:
+                texts.append("")
+                continue
+            c = row[b]
+            t = c.text()
+            if c is best[b]:
+                t = f"**{t}**"
+            elif within_noise(c, best[b]):
+                t = f"{t} ≈"
+            texts.append(t)
+        lines.append(f"| {method} | " + " | ".join(texts) + " |")
+    lines.append(
+        "| *taperprune − best other* | " + " | ".join(_verdict(per, b) for b in budgets) + " |"
+    )
+    # Steps of the runs compared: taperprune's per snapshot, or a baseline's in the curve
+    # view (where taperprune's one run makes every budget).
+    others = [c for m, c in per.items() if m != "taperprune"]
+    steps = others[0] if curve and others else per.get("taperprune") or next(iter(per.values()))
+    lines.append(
+        f"| *optimizer steps{' per baseline run' if curve else ''}* | "
+        + " | ".join(f"{steps[b].steps:.0f}" if b in steps else "" for b in budgets)
+        + " |"
+    )
+    return lines
+
+
+def budget_error_table(rows: Sequence[Row]) -> list[str]:
+    """Per net and method: MACs reached against the target, worst case over budgets and seeds."""
+    by: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        by[(r["net"], r["method"])].append(r)
+    lines = [
+        "| net | method | all ≤ target | largest error (% of target) "
+        "| largest error (channels' worth) |",
+        "|---|---|---|---|---|",
+    ]
+    for (net, method), rs in by.items():
+        worst = min(rs, key=lambda r: r["budget_error_macs"])
+        over = all(r["macs"] <= r["target_macs"] for r in rs)
+        lines.append(
+            f"| {net} | {method} | {'yes' if over else '**no**'} | "
+            f"{worst['budget_error_pct']:+.2f} | "
+            f"{worst['budget_error_macs'] / worst['one_channel_macs']:+.2f} |"
+        )
+    return lines
+
+
+def overhead_table(rows: Sequence[Row]) -> list[str]:
+    """Wall time of taperprune's one run against each baseline's runs for the same budgets."""
+    per_run: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["view"] == "per-budget":
+            per_run[(r["net"], r["method"], int(r["seed"]))][r["run_id"]] = r["run_seconds"]
+    totals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (net, method, _seed), runs in per_run.items():
+        totals[(net, method)].append(sum(runs.values()))
+    lines = [
+        "| net | method | wall time for all budgets, s (mean over seeds) |",
+        "|---|---|---|",
+    ]
+    for (net, method), secs in totals.items():
+        lines.append(f"| {net} | {method} | {statistics.fmean(secs):.0f} |")
+    return lines
+
+
+def latency_table(rows: Sequence[Row]) -> list[str]:
+    by: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["view"] == "per-budget":
+            by[(r["net"], r["method"])][float(r["budget"])].append(float(r["latency_ms"]))
+    budgets = sorted({b for per in by.values() for b in per}, reverse=True)
+    lines = ["| net | method | " + " | ".join(f"{100 * b:.4g} %" for b in budgets) + " |"]
+    lines.append("|---" * (len(budgets) + 2) + "|")
+    for (net, method), per in by.items():
+        cells_ = [f"{statistics.median(per[b]):.2f}" if b in per else "" for b in budgets]
+        lines.append(f"| {net} | {method} | " + " | ".join(cells_) + " |")
+    return lines
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    parts = [
+        "Top-1 accuracy (%) after fine-tuning, mean ± std over seeds. **Bold**: best mean; "
+        "≈: within noise of the best (|Δ| ≤ 2 standard errors of the difference).",
+        "",
+    ]
+    for (view, net), per in cells(rows).items():
+        steps_view = view == "steps"
+        budgets = sorted({b for c in per.values() for b in c}, reverse=not steps_view)
+        title = f"### {net}: {view}"
+        if steps_view:
+            fraction = next(float(r["budget"]) for r in rows if r["view"] == "steps")
+            title += f" ({100 * fraction:.4g} % of the MACs)"
+        parts += [title, "", *_accuracy_table(per, budgets, view), ""]
+    parts += ["### Budget error", "", *budget_error_table(rows), ""]
+    parts += ["### Wall time (per-budget view)", "", *overhead_table(rows), ""]
+    parts += ["### CPU latency of the pruned models, batch 32, ms (median)", ""]
+    parts += [*latency_table(rows), ""]
+    return "\n".join(parts)
+
+
+def plot_pareto(rows: Sequence[Row], path: Path) -> Path:
+    """Accuracy (mean ± std) against MACs, one panel per (view, net), one line per method.
+
+    The steps view has one MAC budget, so it is in the tables only.
+    """
+    groups = cells([r for r in rows if r["view"] != "steps"])
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8), squeeze=False)
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    for ax, ((view, net), per) in zip(axes[0], groups.items(), strict=True):
+        ticks: set[float] = set()
+        for i, (method, row) in enumerate(per.items()):
+            bs = sorted(row)
+            ticks.update(100 * b for b in bs)
+            ax.errorbar(
+                [100 * row[b].macs_fraction for b in bs],
+                [row[b].mean for b in bs],
+                yerr=[0.0 if math.isnan(row[b].std) else row[b].std for b in bs],
+                marker="o" if method.startswith("taperprune") else "s",
+                linewidth=2.2 if method == "taperprune" else 1.0,
+                capsize=3,
+                color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+                label=method,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [f"{t:.3g}" for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlabel("MACs (% of the unpruned net)")
+        ax.set_ylabel("top-1 after fine-tune (%)")
+        ax.set_title(f"{net}: {view}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_summary(rows: Sequence[Row], out: Path) -> list[Path]:
+    """table.md and pareto.png in `out`; returns the paths written."""
+    if not rows:
+        return []
+    table = out / "table.md"
+    write_atomic(table, markdown(rows))
+    return [table, plot_pareto(rows, out / "pareto.png")]
