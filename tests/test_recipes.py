@@ -11,6 +11,7 @@ import yaml
 
 from taperprune.models import build_model, default_input_shape
 from taperprune.pipeline import run_prune
+from taperprune.pretrained import is_weights_name, torchvision_weights
 from taperprune.pruner import check_budgets
 from taperprune.train import config_from_mapping
 
@@ -45,6 +46,8 @@ def test_recipe_loads_and_its_budgets_fit_the_model(recipe: Path) -> None:
     model = build_model(cfg.model, num_classes=1000).eval()
     budgets = check_budgets(model, torch.zeros(1, *shape), list(cfg.budgets))
     assert budgets == sorted(budgets, reverse=True) and len(budgets) == 2
+    if cfg.weights and is_weights_name(cfg.weights):  # a torchvision name for this model
+        assert torchvision_weights(cfg.weights, cfg.model).url.endswith(".pth")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

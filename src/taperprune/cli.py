@@ -150,7 +150,12 @@ def prune(
     out: Annotated[str | None, typer.Option(help="Run directory.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     weights: Annotated[
-        str | None, typer.Option(help="Start from these weights (no pretrain).")
+        str | None,
+        typer.Option(
+            help="Start from these weights (no pretrain): a .safetensors or weights-only .pth "
+            "file, or a torchvision weights name (IMAGENET1K_V1, DEFAULT, "
+            "VGG16_Weights.IMAGENET1K_V1), downloaded once into torch's hub cache."
+        ),
     ] = None,
     pretrain_epochs: Annotated[float | None, typer.Option()] = None,
     taper_epochs: Annotated[

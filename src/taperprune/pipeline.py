@@ -47,6 +47,7 @@ from .graph import build_graph
 from .latency import Latency, onnx_latency, speedups, torch_latency
 from .masks import remove_masked
 from .models import build_model, canonical_name
+from .pretrained import resolve_weights
 from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner, check_budgets
 from .rundir import budget_label, check_out_dir, is_run, read_yaml
 from .schedule import ScheduleConfig
@@ -307,7 +308,7 @@ class _Run:
         }
         model = build_model(cfg.model, **self.kwargs)
         if cfg.weights:
-            state = load_weights(Path(cfg.weights))
+            state = load_weights(resolve_weights(cfg.weights, cfg.model))
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
