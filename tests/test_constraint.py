@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -38,8 +39,11 @@ def brute_force(
     budget: float,
     *,
     uniform_price: bool = False,
+    fixed_price: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float, list[int], list[float], bool]:
     """The definition: remove the live unit of least s/d (ties: lowest index) one at a time.
+
+    (s/1 with `uniform_price`, s/fixed_price[u] with a fixed price.)
 
     Only units with d > 0 in a group with more than one live unit may go; marginal costs
     are recomputed after every removal. Returns keep, R, λ, removed units in order, R
@@ -55,7 +59,12 @@ def brute_force(
         for u in range(len(keep)):
             if not keep[u] or float(d[u]) <= 0 or live[int(case.unit_group[u])] <= 1:
                 continue
-            ratio = s[u] / (1.0 if uniform_price else float(d[u]))
+            if uniform_price:
+                ratio = s[u]
+            elif fixed_price is not None:
+                ratio = s[u] / float(fixed_price[u])
+            else:
+                ratio = s[u] / float(d[u])
             if best < 0 or ratio < best_ratio:
                 best, best_ratio = u, ratio
         if best < 0:
@@ -69,7 +78,7 @@ def brute_force(
 
 
 def solve(
-    case: CostCase, scores: torch.Tensor, keep: torch.Tensor, budget: float, **kw: bool
+    case: CostCase, scores: torch.Tensor, keep: torch.Tensor, budget: float, **kw: Any
 ) -> Solution:
     return solve_budget(case.cm, scores, keep, budget, case.unit_group, case.interactions, **kw)
 
@@ -95,14 +104,22 @@ def problems(draw: st.DrawFn) -> tuple[CostCase, torch.Tensor, torch.Tensor, flo
     return case, scores, keep, budget
 
 
+def _price(case: CostCase, mode: str) -> dict[str, Any]:
+    if mode == "uniform":
+        return {"uniform_price": True}
+    if mode == "static":  # the marginal costs at full width (PrunerConfig price="static")
+        full = torch.ones(case.graph.num_units, dtype=torch.bool)
+        return {"fixed_price": macs_and_marginals(case.cm, full)[1]}
+    return {}
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(), st.booleans())
-def test_solve_equals_brute_force_greedy(problem, uniform):
+@given(problems(), st.sampled_from(["macs", "uniform", "static"]))
+def test_solve_equals_brute_force_greedy(problem, mode):
     case, scores, keep, budget = problem
-    sol = solve(case, scores, keep, budget, uniform_price=uniform)
-    bk, btotal, blam, order, _, bfeasible = brute_force(
-        case, scores, keep, budget, uniform_price=uniform
-    )
+    price = _price(case, mode)
+    sol = solve(case, scores, keep, budget, **price)
+    bk, btotal, blam, order, _, bfeasible = brute_force(case, scores, keep, budget, **price)
     assert sol.feasible and bfeasible
     assert torch.equal(sol.keep, bk), (case.name, order)
     assert sol.macs == pytest.approx(btotal, abs=1e-6)

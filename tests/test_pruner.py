@@ -219,8 +219,9 @@ def test_export_before_reaching_budget_raises():
         (ScheduleConfig(kind="exponential", steps=10), {}),
         (ScheduleConfig(kind="linear", steps=10), {"score": "bn_gamma"}),
         (ScheduleConfig(kind="linear", steps=10), {"price": "uniform"}),
+        (ScheduleConfig(kind="linear", steps=10), {"price": "static"}),
     ],
-    ids=["oneshot", "exponential", "bn_gamma", "uniform_price"],
+    ids=["oneshot", "exponential", "bn_gamma", "uniform_price", "static_price"],
 )
 def test_other_schedules_and_ablations_reach_budgets_exactly(schedule, extra):
     run = run_pruning(schedule=schedule, warmup=3, **extra)

@@ -47,6 +47,8 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_uniform_price": {"price": "uniform"},
     "taperprune_bn_gamma": {"score": "bn_gamma"},
     "taperprune_oneshot": {"schedule": "oneshot"},
+    "taperprune_soft_price": {"price_power": 0.5},  # orders by s / d**0.5
+    "taperprune_marginal_price": {"price": "macs"},  # the marginal MACs of the moment
 }
 METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINES, UNIFORM)
 VIEWS = ("per-budget", "curve", "steps")

@@ -80,6 +80,7 @@ def solve_budget(
     uniform_price: bool = False,
     price_power: float = 1.0,
     marginals: tuple[float, torch.Tensor] | None = None,
+    fixed_price: torch.Tensor | None = None,
 ) -> Solution:
     """Remove units in order of s/d until R(keep) ≤ budget; see the module docstring.
 
@@ -87,6 +88,8 @@ def solve_budget(
     while the budget is still measured in real MACs. `price_power` orders by s / d**p
     instead (p = 1 is the Lagrangian rule; p < 1 softens the MAC price). `marginals`
     may pass (R, d) for `keep` from the previous solve, to skip recomputing them.
+    `fixed_price` orders by s / fixed_price (e.g. the marginal costs at full width) while
+    the budget is still accounted in the current marginal MACs.
     """
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
@@ -99,6 +102,8 @@ def solve_budget(
         cand = torch.nonzero(keep & (d > 0)).flatten()
         if uniform_price:
             price = torch.ones_like(d[cand])
+        elif fixed_price is not None:
+            price = fixed_price[cand]
         elif price_power == 1.0:
             price = d[cand]
         else:

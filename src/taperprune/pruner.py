@@ -34,6 +34,8 @@ from .graph import FIXED, ChannelGraph, build_graph
 from .masks import ChannelMasks, remove_masked
 from .scores import bn_gamma_scores, corrected_scores, update_scores
 
+PRICES = ("macs", "static", "uniform")
+
 
 @dataclass(frozen=True)
 class PrunerConfig:
@@ -43,7 +45,11 @@ class PrunerConfig:
     warmup_steps: int = 50  # steps that only collect scores and the reference loss
     score_beta: float = 0.99  # EMA rate of the Taylor scores
     score: str = "taylor"  # "taylor" | "bn_gamma" (ablation)
-    price: str = "macs"  # "macs" | "uniform" (ablation: every unit costs the same)
+    # "static" (default): order by s / (the unit's marginal MACs at full width); "macs":
+    # by s / (its marginal MACs now), which lets a thinned layer make its neighbours'
+    # units look cheap and runs into lopsided widths (docs/BENCHMARKS.md); "uniform"
+    # (ablation): by s alone. The budget is accounted in real MACs in every case.
+    price: str = "static"
     price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
 
@@ -54,8 +60,8 @@ class PrunerConfig:
             raise ValueError(f"score_beta must be in [0, 1), got {self.score_beta}")
         if self.score not in ("taylor", "bn_gamma"):
             raise ValueError(f"score must be 'taylor' or 'bn_gamma', got {self.score!r}")
-        if self.price not in ("macs", "uniform"):
-            raise ValueError(f"price must be 'macs' or 'uniform', got {self.price!r}")
+        if self.price not in PRICES:
+            raise ValueError(f"price must be one of {PRICES}, got {self.price!r}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,10 @@ class TaperPruner:
         self._macs = float(self.full_macs)  # R(masks), updated by every solve
         self._live = self.graph.num_units
         self._d: torch.Tensor | None = None  # marginal costs for the current masks
+        self._static_price: torch.Tensor | None = None
+        if config.price == "static":
+            full = torch.ones(self.graph.num_units, dtype=torch.bool)
+            self._static_price = macs_and_marginals(self.cost, full)[1]
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -274,6 +284,7 @@ class TaperPruner:
             self.interactions,
             uniform_price=self.config.price == "uniform",
             price_power=self.config.price_power,
+            fixed_price=self._static_price,
             marginals=None if self._d is None else (self._macs, self._d),
         )
         self._d = sol.marginals

@@ -45,7 +45,7 @@ class RunConfig:
     tolerance: float = 0.05
     warmup_steps: int = 50
     score: str = "taylor"
-    price: str = "macs"
+    price: str = "static"
     price_power: float = 1.0
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
