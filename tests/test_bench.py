@@ -214,3 +214,14 @@ def test_cli_reports_bad_bench_options(tmp_path: Path):
     result = CliRunner().invoke(app, ["bench", "--budgets", "half", "--out", str(tmp_path)])
     assert isinstance(result.exception, TaperpruneError)
     assert "--budgets" in str(result.exception)
+
+
+def test_a_baseline_that_cannot_reach_its_budget_is_skipped_and_named(tmp_path: Path):
+    cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path), nets=("demo_cnn:width=8",)))
+    bench = Bench(cfg)
+    net = bench.pretrained(cfg.nets[0], 0)
+    assert bench.run_baseline(net, "per-budget", "uniform_width", 0, 0.011, 4, 0) is None
+    assert bench.unreachable == [
+        "per-budget/demo_cnn:width=8/uniform_width/seed0/budget=0.011/steps=4"
+    ]
+    assert not bench.rows and not (tmp_path / "results.csv").exists()

@@ -32,7 +32,7 @@ from torch import nn
 from .baselines import BASELINES, UNIFORM, prune_to_macs, taylor_gradients, tp_pruner, uniform_width
 from .cost import build_cost_model, count_macs, macs_and_marginals
 from .data import BatchStream, DataBundle, load_data
-from .errors import TaperpruneError
+from .errors import BudgetError, TaperpruneError
 from .export import count_params, load, load_weights, save_weights, write_atomic, write_json
 from .graph import build_graph
 from .latency import torch_latency
@@ -232,6 +232,7 @@ class Bench:
         self.csv = self.out / "results.csv"
         self.rows = read_rows(self.csv)
         self.done_ids = {r["run_id"] for r in self.rows}
+        self.unreachable: list[str] = []  # baseline runs that could not reach their budget
         self.device = (
             torch.device("cpu") if cfg.train.device == "cpu" else torch.device(cfg.train.device)
         )
@@ -411,7 +412,7 @@ class Bench:
         steps: int,
         pre_steps: int,
         step_budget: int = 0,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """Prune a copy of the pretrained net to `budget` and fine-tune: `steps` in all.
 
         `pre_steps` (≤ steps) of them train before pruning, with the sparsity regulariser
@@ -429,30 +430,35 @@ class Bench:
         model.to(self.device)
         target = int(budget * net.full_macs)
         example = self.example.to(self.device)
-        if method == UNIFORM:
-            model, _ = uniform_width(model, example, target)
-        else:
-            spec = BASELINES[method]
-            pruner = tp_pruner(model, example, spec)
-            if spec.sparsity > 0:
-                pre = min(pre_steps, steps)
-                train_steps(
-                    model,
-                    stream,
-                    pre,
-                    t.prune_lr,
-                    t,
-                    self.device,
-                    cosine=False,
-                    after_backward=lambda m: pruner.regularize(m),
+        try:
+            if method == UNIFORM:
+                model, _ = uniform_width(model, example, target)
+            else:
+                spec = BASELINES[method]
+                pruner = tp_pruner(model, example, spec)
+                if spec.sparsity > 0:
+                    pre = min(pre_steps, steps)
+                    train_steps(
+                        model,
+                        stream,
+                        pre,
+                        t.prune_lr,
+                        t,
+                        self.device,
+                        cosine=False,
+                        after_backward=lambda m: pruner.regularize(m),
+                    )
+                    steps -= pre
+                grads = (
+                    taylor_gradients(iter(stream.batches(10**9)), self.device)
+                    if spec.importance == "taylor"
+                    else None
                 )
-                steps -= pre
-            grads = (
-                taylor_gradients(iter(stream.batches(10**9)), self.device)
-                if spec.importance == "taylor"
-                else None
-            )
-            prune_to_macs(model, example, target, pruner, gradients=grads)
+                prune_to_macs(model, example, target, pruner, gradients=grads)
+        except BudgetError as exc:  # e.g. uniform width cannot thin a tiny net that far
+            self.console.print(f"[yellow]skipped[/yellow] {run_id}: {exc}")
+            self.unreachable.append(run_id)
+            return None
         n = t.bn_recalibration_batches
         recalibrate_bn(model, stream.batches(n), self.device, n)
         acc0 = evaluate(model, self.data.test, self.device)

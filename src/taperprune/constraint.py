@@ -88,8 +88,8 @@ def solve_budget(
     while the budget is still measured in real MACs. `price_power` orders by s / d**p
     instead (p = 1 is the Lagrangian rule; p < 1 softens the MAC price). `marginals`
     may pass (R, d) for `keep` from the previous solve, to skip recomputing them.
-    `fixed_price` orders by s / fixed_price (e.g. the marginal costs at full width) while
-    the budget is still accounted in the current marginal MACs.
+    `fixed_price` orders by s / fixed_price**p (e.g. the marginal costs at full width)
+    while the budget is still accounted in the current marginal MACs.
     """
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
@@ -103,7 +103,7 @@ def solve_budget(
         if uniform_price:
             price = torch.ones_like(d[cand])
         elif fixed_price is not None:
-            price = fixed_price[cand]
+            price = fixed_price[cand] if price_power == 1.0 else fixed_price[cand] ** price_power
         elif price_power == 1.0:
             price = d[cand]
         else:
