@@ -214,11 +214,18 @@ def plot_pareto(rows: Sequence[Row], path: Path) -> Path:
     The steps view has one MAC budget, so it is in the tables only.
     """
     groups = cells([r for r in rows if r["view"] != "steps"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8), squeeze=False)
+    ncols = min(2, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.0 * ncols, 4.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_visible(False)
     colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
-    for ax, ((view, net), per) in zip(axes[0], groups.items(), strict=True):
+    # One colour per method across every panel.
+    methods = list(dict.fromkeys(m for per in groups.values() for m in per))
+    for ax, ((view, net), per) in zip(axes.flat, groups.items(), strict=False):
         ticks: set[float] = set()
-        for i, (method, row) in enumerate(per.items()):
+        for method, row in per.items():
+            i = methods.index(method)
             bs = sorted(row)
             ticks.update(100 * b for b in bs)
             ax.errorbar(
