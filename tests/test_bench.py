@@ -225,3 +225,22 @@ def test_a_baseline_that_cannot_reach_its_budget_is_skipped_and_named(tmp_path: 
         "per-budget/demo_cnn:width=8/uniform_width/seed0/budget=0.011/steps=4"
     ]
     assert not bench.rows and not (tmp_path / "results.csv").exists()
+
+
+def test_given_weights_are_every_methods_start(quick, tmp_path: Path, monkeypatch):
+    out, _ = quick
+    given = out / "pretrained" / "demo_cnn" / "seed0" / "model.safetensors"
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("pretrained although weights were given")
+
+    monkeypatch.setattr(bench_mod, "train_steps", refuse)
+    cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path)))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weights=str(given)))
+    net = Bench(cfg).pretrained("demo_cnn", 0)
+    assert bench_mod.load_weights(net.weights).keys() == bench_mod.load_weights(given).keys()
+    for key, value in bench_mod.load_weights(given).items():
+        assert torch.equal(bench_mod.load_weights(net.weights)[key], value)
+    wrong = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weights=str(given)))
+    with pytest.raises(TaperpruneError, match="do not fit"):
+        Bench(dataclasses.replace(wrong, out=str(tmp_path / "w"))).pretrained("demo_cnn:width=8", 0)

@@ -38,6 +38,7 @@ from .graph import build_graph
 from .latency import torch_latency
 from .models import build_model
 from .pipeline import run_prune
+from .pretrained import resolve_weights
 from .train import RunConfig, evaluate, make_optimizer, recalibrate_bn, seed_everything
 
 # taperprune and its ablations: RunConfig overrides (everything else is the default).
@@ -317,6 +318,13 @@ class Bench:
         model = build_model(name, **kwargs).to(self.device)
         if weights.exists():
             model.load_state_dict(load_weights(weights))
+        elif self.cfg.train.weights:  # the user's starting point (file or torchvision name)
+            given = resolve_weights(self.cfg.train.weights, name)
+            try:
+                model.load_state_dict(load_weights(given))
+            except RuntimeError as exc:
+                raise TaperpruneError(f"weights {given} do not fit net {spec}: {exc}") from exc
+            save_weights(weights, model)
         else:
             stream = self.stream(seed)
             steps = int(self.cfg.train.pretrain_epochs * len(stream))

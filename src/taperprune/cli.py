@@ -460,6 +460,10 @@ def bench(
     train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
     test_limit: Annotated[int | None, typer.Option(help="Use only N test examples.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Start every net from these weights (file or torchvision name)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     quick: Annotated[
         bool, typer.Option(help="Tiny data and steps, one seed: checks the harness, nothing else.")
@@ -479,6 +483,7 @@ def bench(
         train_limit=train_limit,
         test_limit=test_limit,
         device=device,
+        weights=weights,
     )
     cfg = BenchConfig(
         nets=_csv(nets),
