@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from taperprune.bench import net_dir, read_rows, write_rows
+from taperprune.bench import read_rows, run_dir, write_rows
 from taperprune.benchtable import write_summary
 
 
@@ -27,13 +27,8 @@ def run_price(bench: Path, row: dict[str, Any]) -> str | None:
     """The `price` of the taperprune run that made `row` (None for a baseline)."""
     if not row["method"].startswith("taperprune"):
         return None
-    # run ids: view/net/method/seedN[/overrides]; the run directory mirrors them.
-    parts = row["run_id"].split("/")
-    view, net, method, seed = parts[:4]
-    directory = bench / "runs" / view / net_dir(net) / method / seed
-    if len(parts) > 4:
-        directory = directory / "_".join(p.replace("=", "") for p in parts[4:])
-    return str(yaml.safe_load((directory / "config.yaml").read_text())["price"])
+    config = run_dir(bench, row["run_id"]) / "config.yaml"
+    return str(yaml.safe_load(config.read_text())["price"])
 
 
 def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ from .latency import torch_latency
 from .models import build_model
 from .pipeline import run_prune
 from .pretrained import resolve_weights
-from .train import RunConfig, evaluate, make_optimizer, recalibrate_bn, seed_everything
+from .train import (
+    RunConfig,
+    evaluate,
+    make_optimizer,
+    recalibrate_bn,
+    resolve_device,
+    seed_everything,
+)
 
 # taperprune and its ablations: RunConfig overrides (everything else is the default).
 TAPERPRUNE: dict[str, dict[str, Any]] = {
@@ -234,9 +242,7 @@ class Bench:
         self.rows = read_rows(self.csv)
         self.done_ids = {r["run_id"] for r in self.rows}
         self.unreachable: list[str] = []  # baseline runs that could not reach their budget
-        self.device = (
-            torch.device("cpu") if cfg.train.device == "cpu" else torch.device(cfg.train.device)
-        )
+        self.device = resolve_device(cfg.train.device)
         t = cfg.train
         self.data: DataBundle = load_data(
             cfg.data,
@@ -248,6 +254,8 @@ class Bench:
             test_limit=t.test_limit,
         )
         self.example = torch.zeros((1, *self.data.input_shape))
+        self.per_epoch = len(self.stream(0))  # batches per epoch, the same for every seed
+        self.finetune_steps = int(t.finetune_epochs * self.per_epoch)  # per snapshot
 
     # -------------------------------------------------------------- helpers
     def stream(self, seed: int) -> BatchStream:
@@ -256,7 +264,7 @@ class Bench:
 
     def epochs(self, steps: int) -> float:
         """An epoch count that `int(epochs × len(stream))` turns back into `steps`."""
-        return (steps + 0.5) / len(self.stream(0))
+        return (steps + 0.5) / self.per_epoch
 
     def _add(self, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
@@ -363,9 +371,7 @@ class Bench:
         )
         if run_id in self.done_ids:
             return [r for r in self.rows if r["run_id"] == run_id]
-        out = self.out / "runs" / view / net_dir(net.spec) / method / f"seed{seed}"
-        if overrides:
-            out = out / "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        out = run_dir(self.out, run_id)
         cfg = dataclasses.replace(
             self.cfg.train,
             model=net.name,
@@ -386,7 +392,7 @@ class Bench:
         )
         quiet = Console(quiet=True)
         result = run_prune(cfg, console=quiet, overwrite=True)
-        ft_steps = int(cfg.finetune_epochs * len(self.stream(seed)))
+        ft_steps = int(cfg.finetune_epochs * self.per_epoch)  # the steps view changes it
         rows = []
         for budget, snap in zip(budgets, result.snapshots, strict=True):
             small = load(out / "snapshots" / snap.label)
@@ -458,7 +464,7 @@ class Bench:
                     )
                     steps -= pre
                 grads = (
-                    taylor_gradients(iter(stream.batches(10**9)), self.device)
+                    taylor_gradients(stream.batches(10**9), self.device)
                     if spec.importance == "taylor"
                     else None
                 )
@@ -497,7 +503,7 @@ class Bench:
 
     def per_budget(self, net: _Net, seed: int, tick: Callable[[], None]) -> None:
         cfg = self.cfg
-        ft = int(cfg.train.finetune_epochs * len(self.stream(seed)))
+        ft = self.finetune_steps
         reference: list[dict[str, Any]] = []
         for method in (m for m in cfg.methods if m in TAPERPRUNE):
             rows = self.run_taperprune(net, "per-budget", method, seed, cfg.budgets)
@@ -509,20 +515,17 @@ class Bench:
                 if reference:
                     steps = self._taper_steps_at(reference, budget)
                 else:  # no taperprune run to match: its nominal step count
-                    steps = cfg.train.warmup_steps + self._taper_steps(seed) + ft
+                    taper = max(1, int(cfg.train.taper_epochs * self.per_epoch))
+                    steps = cfg.train.warmup_steps + taper + ft
                 self.run_baseline(net, "per-budget", method, seed, budget, steps, steps - ft)
                 tick()
-
-    def _taper_steps(self, seed: int) -> int:
-        return max(1, int(self.cfg.train.taper_epochs * len(self.stream(seed))))
 
     def curve(self, net: _Net, seed: int, tick: Callable[[], None]) -> None:
         cfg = self.cfg
         rows = self.run_taperprune(net, "per-budget", "taperprune", seed, cfg.budgets)
-        summary = self.out / "runs" / "per-budget" / net_dir(net.spec) / "taperprune"
-        total = _optimizer_steps(summary / f"seed{seed}", rows)
+        total = _optimizer_steps(run_dir(self.out, rows[0]["run_id"]), rows)
         each = total // len(cfg.budgets)
-        ft = int(cfg.train.finetune_epochs * len(self.stream(seed)))
+        ft = self.finetune_steps
         for method in cfg.curve_methods:
             for budget in cfg.budgets:
                 self.run_baseline(net, "curve", method, seed, budget, each, max(0, each - ft))
@@ -625,6 +628,16 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
 def run_id_steps(run_id: str) -> int:
     """The step count a baseline's run id records (its total optimizer steps)."""
     return int(run_id.rsplit("steps=", 1)[1])
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    """The directory of the taperprune run `run_id` (view/net/method/seedN[/key=value…])."""
+    parts = run_id.split("/")
+    last = max(i for i, p in enumerate(parts) if re.fullmatch(r"seed\d+", p))
+    view, *net, method, seed = parts[: last + 1]
+    overrides = parts[last + 1 :]
+    out = root / "runs" / view / net_dir("/".join(net)) / method / seed
+    return out / "_".join(o.replace("=", "") for o in overrides) if overrides else out
 
 
 def _optimizer_steps(run_dir: Path, rows: Sequence[dict[str, Any]]) -> int:
