@@ -16,6 +16,7 @@ from rich.table import Table
 from .budget import format_macs
 from .cost import count_macs
 from .errors import TaperpruneError
+from .train import split_csv
 
 app = typer.Typer(
     add_completion=False,
@@ -367,7 +368,7 @@ def bench_latency(
     from .formats import export_onnx
     from .latency import RUNTIMES, default_threads, onnx_latency, torch_latency
 
-    runtimes = [r.strip() for r in runtime.split(",") if r.strip()]
+    runtimes = split_csv(runtime)
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad or not runtimes:
         raise TaperpruneError(f"--runtime must be among {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -416,13 +417,9 @@ def bench_latency(
     console.print(table)
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
 def _numbers(text: str, kind: type, what: str) -> tuple[Any, ...]:
     try:
-        return tuple(kind(s) for s in _csv(text))
+        return tuple(kind(s) for s in split_csv(text))
     except ValueError:
         raise TaperpruneError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
@@ -486,16 +483,16 @@ def bench(
         weights=weights,
     )
     cfg = BenchConfig(
-        nets=_csv(nets),
+        nets=split_csv(nets),
         data=data,
         budgets=_numbers(budgets, float, "--budgets"),
         seeds=_numbers(seeds, int, "--seeds"),
-        methods=METHODS if methods == "all" else _csv(methods),
-        views=_csv(views),
-        curve_methods=_csv(curve_methods),
+        methods=METHODS if methods == "all" else split_csv(methods),
+        views=split_csv(views),
+        curve_methods=split_csv(curve_methods),
         sweep_steps=_numbers(sweep_steps, int, "--sweep-steps"),
         sweep_budget=sweep_budget,
-        sweep_methods=_csv(sweep_methods),
+        sweep_methods=split_csv(sweep_methods),
         out=out,
         train=train,
     )

@@ -212,6 +212,11 @@ def progress(console: Console) -> Progress:
     )
 
 
+def split_csv(text: str) -> tuple[str, ...]:
+    """'a, b,,c' → ('a', 'b', 'c')."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def config_from_mapping(settings: dict[str, Any], *, source: object = "settings") -> RunConfig:
     """A RunConfig from YAML-like values (lists or comma-separated strings for tuples)."""
     known = set(RunConfig.__dataclass_fields__)
@@ -221,7 +226,7 @@ def config_from_mapping(settings: dict[str, Any], *, source: object = "settings"
     values = dict(settings)
     for key in ("budgets", "exclude", "latency_runtimes"):
         if isinstance(values.get(key), str):
-            values[key] = tuple(s.strip() for s in values[key].split(",") if s.strip())
+            values[key] = split_csv(values[key])
         elif values.get(key) is not None and key in values:
             values[key] = tuple(str(s) for s in values[key])
     if "latency_batches" in values:
