@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tiny_run import TINY_RUN
 from taperprune.errors import TaperpruneError
 from taperprune.export import load, make_plan, read_plan, save_snapshot, save_with_plan
 from taperprune.formats import check_onnx, export_onnx, export_torchscript
@@ -24,17 +25,11 @@ from taperprune.train import RunConfig
 
 SRC = Path(__file__).parents[1] / "src" / "taperprune"
 RUN = dict(
-    model="demo_cnn",
-    data="synthetic:1x16x16:4",
-    budgets=("0.5", "0.25"),
-    pretrain_epochs=1.0,
-    taper_epochs=1.0,
+    **TINY_RUN,
     finetune_epochs=0.25,
-    batch_size=32,
     warmup_steps=5,
     train_limit=384,
     test_limit=64,
-    model_kwargs={"width": 8},
     latency_batches=(1, 4),
     latency_runs=3,
 )

@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from _tiny_run import NO_OUTPUTS, TINY_RUN
 from taperprune.checkpoint import load_checkpoint, save_checkpoint
 from taperprune.data import BatchStream
 from taperprune.errors import TaperpruneError
@@ -25,21 +26,13 @@ from taperprune.train import RunConfig
 
 MODELS = Path(__file__).parent / "models" / "user_models.py"
 TINY = dict(
-    model="demo_cnn",
-    data="synthetic:1x16x16:4",
-    budgets=("0.5", "0.25"),
-    pretrain_epochs=1.0,
-    taper_epochs=1.0,
+    **TINY_RUN,
+    **NO_OUTPUTS,
     finetune_epochs=0.5,
-    batch_size=32,
     warmup_steps=3,
     train_limit=256,
     test_limit=64,
     bn_recalibration_batches=4,
-    model_kwargs={"width": 8},
-    onnx=False,
-    latency_batches=(),
-    report=False,
     checkpoint_every=1,
 )
 

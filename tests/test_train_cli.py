@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 import taperprune
+from _tiny_run import NO_OUTPUTS, TINY_RUN
 from taperprune.cli import app
 from taperprune.cost import count_macs
 from taperprune.errors import TaperpruneError
@@ -22,21 +23,12 @@ from taperprune.pipeline import run_prune
 from taperprune.train import RunConfig
 
 FAST = dict(
-    model="demo_cnn",
-    data="synthetic:1x16x16:4",
-    budgets=("0.5", "0.25"),
-    pretrain_epochs=1.0,
-    taper_epochs=1.0,
+    **TINY_RUN,
+    **NO_OUTPUTS,
     finetune_epochs=0.5,
-    batch_size=32,
     warmup_steps=5,
     train_limit=512,
     test_limit=128,
-    model_kwargs={"width": 8},
-    # ONNX, latency and the report are tested in test_outputs.py.
-    onnx=False,
-    latency_batches=(),
-    report=False,
 )
 
 
