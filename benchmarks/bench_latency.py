@@ -18,11 +18,11 @@ from torch import nn
 
 from taperprune.constraint import group_interactions, solve_budget
 from taperprune.cost import build_cost_model, count_macs
-from taperprune.formats import export_onnx
+from taperprune.export import export_onnx
 from taperprune.graph import ChannelGraph, build_graph
 from taperprune.latency import default_threads, onnx_latency, torch_latency
-from taperprune.masks import remove_masked
 from taperprune.models import build_model, default_input_shape
+from taperprune.surgery import remove_masked
 
 
 def l1_scores(model: nn.Module, graph: ChannelGraph) -> torch.Tensor:

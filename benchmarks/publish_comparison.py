@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from taperprune.bench import read_rows, run_dir, write_rows
-from taperprune.benchtable import write_summary
+from benchmarks.compare.results import read_rows, run_dir, write_rows
+from benchmarks.compare.table import write_summary
 
 
 def run_price(bench: Path, row: dict[str, Any]) -> str | None:

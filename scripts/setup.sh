@@ -19,7 +19,7 @@ installed=$(.venv/bin/python -c "import os, taperprune; print(os.path.dirname(ta
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$installed" != "$here_src" ]; then
   echo "setup: installing taperprune and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".[cli,dev]"
   echo "$want" > "$stamp"
 fi
 

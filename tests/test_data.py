@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from taperprune.data import FASHION_MNIST_DIR, fashion_mnist_available, load_data, read_idx
+from taperprune.run.data import FASHION_MNIST_DIR, fashion_mnist_available, load_data, read_idx
 from taperprune.errors import DataError
 
 

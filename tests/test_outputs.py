@@ -14,14 +14,14 @@ import torch
 
 from _tiny_run import TINY_RUN
 from taperprune.errors import TaperpruneError
-from taperprune.export import load, make_plan, read_plan, save_snapshot, save_with_plan
-from taperprune.formats import check_onnx, export_onnx, export_torchscript
+from taperprune.plan import load, make_plan, read_plan, save_snapshot_files, save_with_plan
+from taperprune.export import check_onnx, export_onnx, export_torchscript
 from taperprune.latency import onnx_latency, speedups, torch_latency
 from taperprune.models import demo_cnn
-from taperprune.pipeline import run_prune
+from taperprune.run.pipeline import run_prune
 from taperprune.pruner import TaperPruner
-from taperprune.rundir import find_snapshot, read_run
-from taperprune.train import RunConfig
+from taperprune.run.rundir import find_snapshot, read_run
+from taperprune.run.config import RunConfig
 
 SRC = Path(__file__).parents[1] / "src" / "taperprune"
 RUN = dict(
@@ -163,7 +163,7 @@ def test_round_trip_every_format_reproduces_the_in_memory_model(tmp_path: Path) 
         macs=snap.macs,
         params=sum(p.numel() for p in small.parameters()),
     )
-    save_snapshot(tmp_path / "snap", small, plan, {})
+    save_snapshot_files(tmp_path / "snap", small, plan, {})
     with torch.no_grad():
         assert torch.equal(load(tmp_path / "snap").eval()(x), ref)
     save_with_plan(tmp_path / "one.safetensors", small, plan)
@@ -192,7 +192,7 @@ def test_load_with_a_user_instance_and_a_plan_for_another_model(tmp_path: Path) 
         macs=snap.macs,
         params=0,
     )
-    save_snapshot(tmp_path / "snap", small, plan, {})
+    save_snapshot_files(tmp_path / "snap", small, plan, {})
     mine = load(tmp_path / "snap", model=demo_cnn(num_classes=3, width=6)).eval()
     with torch.no_grad():
         assert torch.equal(mine(x), small(x))

@@ -12,10 +12,10 @@ import torchvision
 from safetensors.torch import load_file
 
 from taperprune.errors import TaperpruneError
-from taperprune.export import load_weights
-from taperprune.pipeline import run_prune
-from taperprune.pretrained import cache_path, is_weights_name, resolve_weights
-from taperprune.train import RunConfig
+from taperprune.files import load_weights
+from taperprune.run.pipeline import run_prune
+from taperprune.run.pretrained import cache_path, is_weights_name, resolve_weights
+from taperprune.run.config import RunConfig
 
 URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
 

@@ -26,8 +26,9 @@ from _pruning_helpers import one_thread  # noqa: F401
 from taperprune.cost import build_cost_model, count_macs, layer_macs, macs
 from taperprune.errors import GraphError
 from taperprune.graph import ChannelGraph, build_graph
-from taperprune.masks import ChannelMasks, remove_masked
-from taperprune.pruner import check_surgery
+from taperprune.masks import ChannelMasks
+from taperprune.surgery import remove_masked
+from taperprune.surgery import check_surgery
 
 # ----------------------------------------------------------------------------- specs
 

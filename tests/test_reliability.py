@@ -18,11 +18,11 @@ import yaml
 from safetensors.torch import load_file
 
 from _tiny_run import NO_OUTPUTS, TINY_RUN
-from taperprune.checkpoint import load_checkpoint, save_checkpoint
-from taperprune.data import BatchStream
+from taperprune.run.checkpoint import load_checkpoint, save_checkpoint
+from taperprune.run.data import BatchStream
 from taperprune.errors import TaperpruneError
-from taperprune.pipeline import resume_run, run_prune
-from taperprune.train import RunConfig
+from taperprune.run.pipeline import resume_run, run_prune
+from taperprune.run.config import RunConfig
 
 MODELS = Path(__file__).parent / "models" / "user_models.py"
 TINY = dict(

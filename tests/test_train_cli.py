@@ -17,10 +17,10 @@ from _tiny_run import NO_OUTPUTS, TINY_RUN
 from taperprune.cli import app
 from taperprune.cost import count_macs
 from taperprune.errors import TaperpruneError
-from taperprune.export import load_weights, save_weights
+from taperprune.files import load_weights, save_weights
 from taperprune.models import demo_cnn
-from taperprune.pipeline import run_prune
-from taperprune.train import RunConfig
+from taperprune.run.pipeline import run_prune
+from taperprune.run.config import RunConfig
 
 FAST = dict(
     **TINY_RUN,
@@ -33,7 +33,7 @@ FAST = dict(
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, taperprune.train.RunResult]:
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunResult]:
     out = tmp_path_factory.mktemp("runs") / "r1"
     result = run_prune(RunConfig(out=str(out), **FAST))  # type: ignore[arg-type]
     return out, result
@@ -239,18 +239,13 @@ def test_cli_config_with_unknown_key(tmp_path: Path) -> None:
 
 
 def test_readme_config_block_lists_every_default() -> None:
-    import dataclasses
     import re
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = re.search(r"### The config file.*?```yaml\n(.*?)```", readme, re.S)
     assert block is not None
     documented = yaml.safe_load(block.group(1))
-    defaults = dataclasses.asdict(RunConfig())
-    for key, value in defaults.items():
-        if isinstance(value, tuple):
-            defaults[key] = list(value)
-    assert documented == defaults
+    assert documented == RunConfig().to_mapping()
 
 
 def test_readme_training_loop_runs_as_written() -> None:
@@ -258,7 +253,7 @@ def test_readme_training_loop_runs_as_written() -> None:
     import re
     from itertools import cycle, islice
 
-    from taperprune.data import load_data
+    from taperprune.run.data import load_data
     from taperprune.models import resnet20
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -281,7 +276,7 @@ def test_readme_training_loop_runs_as_written() -> None:
 
 
 def test_recalibrate_bn_estimates_the_data_statistics() -> None:
-    from taperprune.train import recalibrate_bn
+    from taperprune.calibrate import recalibrate_bn
 
     bn = torch.nn.BatchNorm2d(3, momentum=0.1).eval()
     x = torch.randn(64, 3, 4, 4) * 2 + 5

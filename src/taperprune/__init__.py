@@ -1,19 +1,47 @@
-"""taperprune: prune whole channels of a CNN to an exact MAC budget while fine-tuning."""
+"""taperprune: prune whole channels of a CNN to an exact MAC budget while fine-tuning.
 
+Names are imported on first use, so `import taperprune` (and `taperprune --help`) does not
+pay for torch until something needs it. The library needs torch, torchvision,
+torch-pruning and safetensors only; the `taperprune` application (`taperprune.run`, the
+CLI) comes with the `cli` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from .cost import build_cost_model, count_macs
-from .errors import BudgetError, DataError, GraphError, ModelError, TaperpruneError
-from .export import load
-from .graph import ChannelGraph, build_graph
-from .masks import ChannelMasks, remove_masked
-from .pruner import PrunerConfig, Snapshot, StepRecord, TaperPruner
-from .schedule import ScheduleConfig, ScheduleKind
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("taperprune")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
+
+# public name → the module that defines it
+_HOMES = {
+    "BudgetError": "errors",
+    "DataError": "errors",
+    "GraphError": "errors",
+    "ModelError": "errors",
+    "TaperpruneError": "errors",
+    "ChannelGraph": "graph",
+    "build_graph": "graph",
+    "build_cost_model": "cost",
+    "count_macs": "cost",
+    "count_params": "cost",
+    "ChannelMasks": "masks",
+    "remove_masked": "surgery",
+    "PrunerConfig": "settings",
+    "PriceKind": "settings",
+    "ScoreKind": "settings",
+    "ScheduleConfig": "schedule",
+    "ScheduleKind": "schedule",
+    "Snapshot": "pruner",
+    "StepRecord": "pruner",
+    "TaperPruner": "pruner",
+    "recalibrate_bn": "calibrate",
+    "load": "plan",
+}
 
 __all__ = [
     "BudgetError",
@@ -22,9 +50,11 @@ __all__ = [
     "DataError",
     "GraphError",
     "ModelError",
+    "PriceKind",
     "PrunerConfig",
     "ScheduleConfig",
     "ScheduleKind",
+    "ScoreKind",
     "Snapshot",
     "StepRecord",
     "TaperPruner",
@@ -33,6 +63,34 @@ __all__ = [
     "build_cost_model",
     "build_graph",
     "count_macs",
+    "count_params",
     "load",
+    "recalibrate_bn",
     "remove_masked",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'taperprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .calibrate import recalibrate_bn
+    from .cost import build_cost_model, count_macs, count_params
+    from .errors import BudgetError, DataError, GraphError, ModelError, TaperpruneError
+    from .graph import ChannelGraph, build_graph
+    from .masks import ChannelMasks
+    from .plan import load
+    from .pruner import Snapshot, StepRecord, TaperPruner
+    from .schedule import ScheduleConfig, ScheduleKind
+    from .settings import PriceKind, PrunerConfig, ScoreKind
+    from .surgery import remove_masked

@@ -1,4 +1,5 @@
-"""`taperprune macs | prune | demo`: parse into configs, call the library, print results."""
+"""`taperprune macs | prune | demo | report | export | bench-latency`: parse into configs,
+call the library or the application, print results. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from .budget import format_macs
-from .cost import count_macs
-from .errors import TaperpruneError
-from .train import split_csv
+from .errors import RunInterrupted, TaperpruneError
+
+# Nothing above imports torch: `taperprune --help` answers at once. Commands import
+# what they need when they run.
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +43,8 @@ def macs(
     num_classes: Annotated[int, typer.Option(help="Classifier outputs.")] = 1000,
 ) -> None:
     """Count MACs per layer (conv: k·k·H·W·Cin/groups·Cout, linear: in·out)."""
+    import torch
+
     from .cost import build_cost_model, layer_macs
     from .graph import build_graph
     from .models import BUILTIN, build_model, default_input_shape, parse_input_shape
@@ -80,22 +82,6 @@ def macs(
         f"total: [bold]{total:,}[/bold] MACs ({format_macs(total)}MAC) in {len(per_layer)} layers; "
         f"{len(graph.groups)} prunable channel groups, {graph.num_units} units"
     )
-
-
-def _config_from(file: Path | None, overrides: dict[str, Any]) -> Any:
-    from .train import config_from_mapping
-
-    base: dict[str, Any] = {}
-    if file is not None:
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise TaperpruneError(f"cannot read config {file}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise TaperpruneError(f"config {file} must be a mapping of settings")
-        base.update(loaded)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_mapping(base, source=f"config {file}" if file else "the flags")
 
 
 def _print_result(result: Any) -> None:
@@ -184,7 +170,7 @@ def prune(
 ) -> None:
     """Prune a model to each budget in one run; writes snapshots and a trace to --out."""
     given = [k for k, v in locals().items() if k not in ("resume", "overwrite") and v]
-    from .pipeline import resume_run, run_prune
+    from .run.config import load_config
 
     if resume is not None:
         if given:
@@ -192,6 +178,8 @@ def prune(
                 f"--resume continues with the run's own config.yaml; drop {given} (edit "
                 f"{resume / 'config.yaml'} to change a setting, e.g. a lower learning rate)"
             )
+        from .run.pipeline import resume_run
+
         _print_result(resume_run(resume, console=console))
         return
 
@@ -215,7 +203,9 @@ def prune(
         test_limit=test_limit,
         checkpoint_every=checkpoint_every,
     )
-    cfg = _config_from(config, overrides)
+    cfg = load_config(config, overrides)  # every setting checked before torch is imported
+    from .run.pipeline import run_prune
+
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
 
 
@@ -226,8 +216,8 @@ def demo(
     train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
 ) -> None:
     """The 5-minute tour: demo CNN on Fashion-MNIST, pruned to 50/25/12.5 % of its MACs."""
-    from .pipeline import run_prune
-    from .train import RunConfig
+    from .run.config import RunConfig
+    from .run.pipeline import run_prune
 
     cfg = RunConfig(out=out, train_limit=train_limit)
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
@@ -242,7 +232,7 @@ def report(
     ] = None,
 ) -> None:
     """Write report.html and PNG plots; several runs are overlaid on one Pareto plot."""
-    from .report import write_report
+    from .run.report import write_report
 
     if out is None and len(runs) > 1:
         out = Path("report")
@@ -251,7 +241,7 @@ def report(
 
 def _snapshot_dir(target: Path, budget: str | None) -> Path:
     """A snapshot directory from a run directory + budget, or a snapshot directory itself."""
-    from .rundir import find_snapshot, is_run, read_run
+    from .run.rundir import find_snapshot, is_run, read_run
 
     if is_run(target):
         if budget is None:
@@ -282,8 +272,9 @@ def export(
     ] = None,
 ) -> None:
     """Export a snapshot and check the file reproduces the PyTorch model."""
-    from .export import load, read_json, read_plan, save_with_plan, write_json
-    from .formats import FORMATS, check_loaded, export_onnx, export_torchscript
+    from .export import FORMATS, check_loaded, export_onnx, export_torchscript
+    from .files import read_json, write_json
+    from .plan import load, read_plan, save_with_plan
 
     if format not in FORMATS:
         raise TaperpruneError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -312,41 +303,6 @@ def export(
         raise TaperpruneError(f"the exported {format} file does not reproduce the model")
 
 
-def _models_to_time(
-    target: str, input: str | None, num_classes: int
-) -> tuple[list[tuple[str, Any]], tuple[int, ...]]:
-    """(name, model or ONNX path) to time, the unpruned reference first where there is one,
-    and the input shape: --input, else the one the target was made for."""
-    from .export import load, read_plan
-    from .latency import onnx_session
-    from .models import build_model, default_input_shape, parse_input_shape
-    from .rundir import is_run, read_run
-
-    given = parse_input_shape(input) if input else None
-    path = Path(target)
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise TaperpruneError(f"ONNX file {path} does not exist")
-        dims = onnx_session(path, 1).get_inputs()[0].shape[1:]
-        if given is None and not all(isinstance(d, int) for d in dims):
-            raise TaperpruneError(f"{path} has a dynamic input size; give --input CxHxW")
-        return [(path.name, path)], given or tuple(dims)
-    if is_run(path):
-        run = read_run(path)
-        items = [("unpruned", load(path / "base"))]
-        items += [(s.label, load(s.directory)) for s in run.snapshots]
-        return items, given or tuple(run.base_plan["input_shape"])
-    if (path / "plan.json").is_file():
-        base = path.parent.parent / "base"
-        ref = [("unpruned", load(base))] if (base / "plan.json").is_file() else []
-        shape = given or tuple(read_plan(path)["input_shape"])
-        return ref + [(path.name, load(path))], shape
-    if path.exists():
-        raise TaperpruneError(f"{path} is not a run, a snapshot (plan.json) or an .onnx file")
-    shape = given or default_input_shape(target)
-    return [(target, build_model(target, num_classes=num_classes, in_channels=shape[0]))], shape
-
-
 @app.command("bench-latency")
 def bench_latency(
     target: Annotated[
@@ -363,10 +319,9 @@ def bench_latency(
     num_classes: Annotated[int, typer.Option(help="Classifier outputs (model names).")] = 1000,
 ) -> None:
     """CPU latency (median, p90) of a model, a snapshot or a whole run, with speed-ups."""
-    import tempfile
-
-    from .formats import export_onnx
-    from .latency import RUNTIMES, default_threads, onnx_latency, torch_latency
+    from .latency import RUNTIMES, default_threads
+    from .run.config import split_csv
+    from .run.timing import models_to_time, time_models
 
     runtimes = split_csv(runtime)
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -377,7 +332,7 @@ def bench_latency(
     except ValueError:
         raise TaperpruneError(f"--batch must be integers like 1,32, got {batch!r}") from None
     threads = threads or default_threads()
-    items, shape = _models_to_time(target, input, num_classes)
+    items, shape = models_to_time(target, input, num_classes)
     console.print(
         f"threads: {threads} (torch.set_num_threads / onnxruntime intra-op), input "
         f"{'x'.join(map(str, shape))}, {warmup} warm-up + {runs} timed runs each"
@@ -385,128 +340,22 @@ def bench_latency(
     table = Table(title=f"latency — {target}")
     for col in ("model", "MACs", "runtime", "batch", "median ms", "p90 ms", "speed-up", "MACs ÷"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
-    reference: dict[tuple[str, int], tuple[float, int]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, item in items:
-            macs = 0 if isinstance(item, Path) else count_macs(item, torch.zeros((1, *shape)))
-            onnx_path = item if isinstance(item, Path) else Path(tmp) / f"{len(reference)}.onnx"
-            if "onnxruntime" in runtimes and not isinstance(item, Path):
-                export_onnx(item, shape, onnx_path, check=False)
-            for rt in runtimes:
-                if rt == "torch" and isinstance(item, Path):
-                    continue
-                for b in batches:
-                    m = (
-                        torch_latency(item, shape, b, threads=threads, warmup=warmup, runs=runs)
-                        if rt == "torch"
-                        else onnx_latency(
-                            onnx_path, shape, b, threads=threads, warmup=warmup, runs=runs
-                        )
-                    )
-                    ref_ms, ref_macs = reference.setdefault((rt, b), (m.median_ms, macs))
-                    table.add_row(
-                        name,
-                        format_macs(macs) if macs else "–",
-                        rt,
-                        str(b),
-                        f"{m.median_ms:.3f}",
-                        f"{m.p90_ms:.3f}",
-                        f"{ref_ms / m.median_ms:.2f}×",
-                        f"{ref_macs / macs:.2f}×" if macs else "–",
-                    )
+    for row in time_models(items, shape, runtimes, batches, threads, warmup, runs):
+        table.add_row(
+            row.name,
+            format_macs(row.macs) if row.macs else "–",
+            row.runtime,
+            str(row.batch),
+            f"{row.median_ms:.3f}",
+            f"{row.p90_ms:.3f}",
+            f"{row.speedup:.2f}×",
+            f"{row.mac_reduction:.2f}×" if row.macs else "–",
+        )
     console.print(table)
-
-
-def _numbers(text: str, kind: type, what: str) -> tuple[Any, ...]:
-    try:
-        return tuple(kind(s) for s in split_csv(text))
-    except ValueError:
-        raise TaperpruneError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-@app.command()
-def bench(
-    out: Annotated[
-        str, typer.Option(help="Bench directory (results.csv, table.md, pareto.png).")
-    ] = "runs/bench",
-    nets: Annotated[
-        str, typer.Option(help="Nets, comma-separated: name or name:key=value.")
-    ] = "demo_cnn,resnet20",
-    data: Annotated[str, typer.Option(help="Data spec (as for prune).")] = "fashion-mnist",
-    budgets: Annotated[
-        str, typer.Option(help="MAC fractions, comma-separated.")
-    ] = "0.5,0.25,0.125,0.0625,0.03125",
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
-    methods: Annotated[str, typer.Option(help="Methods, comma-separated, or 'all'.")] = "all",
-    views: Annotated[
-        str, typer.Option(help="per-budget, curve, steps (comma-separated).")
-    ] = "per-budget,curve",
-    curve_methods: Annotated[
-        str, typer.Option(help="Baselines of the curve view.")
-    ] = "tp_l1_global,uniform_width",
-    sweep_steps: Annotated[
-        str, typer.Option(help="Step budgets of the steps view.")
-    ] = "400,1000,2000",
-    sweep_budget: Annotated[float, typer.Option(help="MAC fraction of the steps view.")] = 0.03125,
-    sweep_methods: Annotated[
-        str, typer.Option(help="Methods of the steps view.")
-    ] = "taperprune,tp_l1_global",
-    pretrain_epochs: Annotated[float, typer.Option(help="Pretraining of each net and seed.")] = 2.0,
-    taper_epochs: Annotated[float, typer.Option(help="taperprune's taper.")] = 1.0,
-    finetune_epochs: Annotated[float, typer.Option(help="Fine-tune per snapshot.")] = 1.0,
-    train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
-    test_limit: Annotated[int | None, typer.Option(help="Use only N test examples.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Start every net from these weights (file or torchvision name)."),
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-    quick: Annotated[
-        bool, typer.Option(help="Tiny data and steps, one seed: checks the harness, nothing else.")
-    ] = False,
-) -> None:
-    """Compare taperprune, its ablations, Torch-Pruning's methods and uniform width."""
-    from .bench import METHODS, Bench, BenchConfig, quick_config
-    from .benchtable import write_summary
-    from .train import RunConfig
-
-    if threads:
-        torch.set_num_threads(threads)
-    train = RunConfig(
-        pretrain_epochs=pretrain_epochs,
-        taper_epochs=taper_epochs,
-        finetune_epochs=finetune_epochs,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        device=device,
-        weights=weights,
-    )
-    cfg = BenchConfig(
-        nets=split_csv(nets),
-        data=data,
-        budgets=_numbers(budgets, float, "--budgets"),
-        seeds=_numbers(seeds, int, "--seeds"),
-        methods=METHODS if methods == "all" else split_csv(methods),
-        views=split_csv(views),
-        curve_methods=split_csv(curve_methods),
-        sweep_steps=_numbers(sweep_steps, int, "--sweep-steps"),
-        sweep_budget=sweep_budget,
-        sweep_methods=split_csv(sweep_methods),
-        out=out,
-        train=train,
-    )
-    if quick:
-        cfg = quick_config(cfg)
-    rows = Bench(cfg).run()
-    for path in write_summary(rows, Path(cfg.out)):
-        console.print(f"wrote {path}")
 
 
 def main() -> None:
     """Entry point: user errors print one message and exit 2, without a traceback."""
-    from .pipeline import RunInterrupted
-
     try:
         app(standalone_mode=False)
     except RunInterrupted as exc:

@@ -203,3 +203,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
             h.remove()
         model.train(was_training)
     return total // int(example_input.shape[0])
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

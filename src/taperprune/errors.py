@@ -21,3 +21,7 @@ class DataError(TaperpruneError):
 
 class ModelError(TaperpruneError):
     """A model name, file or builder that cannot be resolved."""
+
+
+class RunInterrupted(TaperpruneError):
+    """SIGINT/SIGTERM: the run checkpointed and stopped; it can be resumed."""

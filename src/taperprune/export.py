@@ -1,228 +1,138 @@
-"""What a run keeps: channel plans (JSON), weights (safetensors), atomic files, safe loading.
+"""Deployable files of a pruned model — ONNX and TorchScript — each checked against PyTorch.
 
-Nothing is pickled. A snapshot is rebuilt from the model builder named in its plan,
-the kept units (the plan), and the weights.
+A check runs the exported file on a random batch and compares it with the PyTorch model:
+it passes when max |exported − torch| ≤ 1e-4 × max |torch| (the output scale).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+import io
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import TaperpruneError
-from .graph import ChannelGraph, build_graph, prune_channels
-from .models import build_model
+from .files import atomic_path
 
-PLAN_SCHEMA = 1
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file beside `path` that replaces `path` only if the block succeeds.
-
-    So a file is either absent, its old version, or complete — never half-written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+RELATIVE_TOLERANCE = 1e-4
+CHECK_BATCH = 4
+FORMATS = ("onnx", "torchscript", "safetensors")
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file atomically (see `atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+@dataclass(frozen=True)
+class ExportCheck:
+    """How closely an exported file reproduces the PyTorch model on a random batch."""
+
+    format: str
+    path: str
+    batch: int
+    max_abs_diff: float
+    output_scale: float
+    tolerance: float
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"{self.format} check {verdict}: max |Δ| = {self.max_abs_diff:.2e} on a random batch "
+            f"of {self.batch} (allowed {self.tolerance:.2e} = 1e-4 × output scale "
+            f"{self.output_scale:.3g})"
+        )
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def _compare(fmt: str, path: Path, ref: torch.Tensor, got: torch.Tensor) -> ExportCheck:
+    scale = float(ref.abs().max()) or 1.0
+    diff = float((ref - got).abs().max())
+    tol = RELATIVE_TOLERANCE * scale
+    return ExportCheck(fmt, path.name, ref.shape[0], diff, scale, tol, diff <= tol)
 
 
-def read_structured(
-    path: Path, parse: Callable[[str], Any], errors: tuple[type[Exception], ...], kind: str
-) -> Any:
-    """Parse a text file; a missing or unparsable one is named in the error."""
-    bad: tuple[type[Exception], ...] = (*errors, UnicodeDecodeError)
-    try:
-        return parse(path.read_text())
-    except FileNotFoundError:
-        raise TaperpruneError(f"{path} is missing") from None
-    except bad as exc:
+def _reference(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((CHECK_BATCH, *input_shape), generator=g)
+    with torch.no_grad():
+        ref = model(x)
+    if not isinstance(ref, torch.Tensor):
         raise TaperpruneError(
-            f"{path} is corrupted or truncated ({exc}); it is not valid {kind}"
-        ) from exc
+            f"the model returns {type(ref).__name__}; export needs a model returning one tensor"
+        )
+    return x, ref
 
 
-def read_json(path: Path) -> Any:
-    return read_structured(path, json.loads, (json.JSONDecodeError,), "JSON")
-
-
-def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """The model's state dict as safetensors, written atomically."""
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, or from a torch file with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise TaperpruneError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TaperpruneError(f"cannot read weights from {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise TaperpruneError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return state
-
-
-def make_plan(
-    graph: ChannelGraph,
-    keep: torch.Tensor,
-    *,
-    model_name: str,
-    model_kwargs: dict[str, Any],
-    macs: int,
-    params: int,
-    target: int | None = None,
-    exclude: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """The versioned channel plan of a pruned model."""
-    kept = graph.kept_indices(keep)
-    return {
-        "schema": PLAN_SCHEMA,
-        "model": {"name": model_name, "kwargs": model_kwargs},
-        "input_shape": list(graph.input_shape),
-        "exclude": list(exclude),
-        "target_macs": target,
-        "macs": macs,
-        "params": params,
-        "kept_units": torch.nonzero(keep).flatten().tolist(),
-        "num_units": graph.num_units,
-        "layers": {
-            name: {
-                "kind": lay.kind,
-                "width": [len(lay.in_units), len(lay.out_units)],
-                **kept[name],
-            }
-            for name, lay in graph.layers.items()
-        },
-    }
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def save_snapshot(
-    directory: Path, model: nn.Module, plan: dict[str, Any], metrics: dict[str, Any]
-) -> None:
-    """plan.json, model.safetensors and metrics.json of one snapshot."""
-    save_weights(directory / "model.safetensors", model)
-    write_json(directory / "plan.json", plan)
-    write_json(directory / "metrics.json", metrics)
-
-
-PLAN_METADATA_KEY = "taperprune_plan"
-
-
-def save_with_plan(path: Path, model: nn.Module, plan: dict[str, Any]) -> None:
-    """One self-contained safetensors file: the weights, with the plan in its metadata."""
-    save_weights(path, model, metadata={PLAN_METADATA_KEY: json.dumps(plan)})
-
-
-def read_plan(path: Path) -> dict[str, Any]:
-    """The plan of a snapshot directory (plan.json) or of a self-contained .safetensors file."""
-    if path.is_dir():
-        plan = read_json(path / "plan.json")
-        where = path / "plan.json"
-    else:
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, *, check: bool = True
+) -> ExportCheck | None:
+    """Write `model` (eval mode, CPU, float32) to ONNX with a dynamic batch axis; check it."""
+    model = model.eval().float().cpu()
+    example = torch.zeros((1, *input_shape))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except FileNotFoundError:
-            raise TaperpruneError(f"{path} does not exist") from None
+            # The exporter prints its progress; keep the user's console clean.
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: batch},),
+                    verbose=False,
+                )
+            assert program is not None
+            program.save(str(tmp))
         except Exception as exc:
-            raise TaperpruneError(f"{path} is corrupted or not a safetensors file: {exc}") from exc
-        if PLAN_METADATA_KEY not in meta:
-            raise TaperpruneError(
-                f"{path} holds weights but no channel plan; load a snapshot directory, or a file "
-                "written by `taperprune export --format safetensors`"
-            )
+            raise TaperpruneError(f"ONNX export of the model failed: {exc}") from exc
+    return check_onnx(model, input_shape, path) if check else None
+
+
+def check_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> ExportCheck:
+    """Run the ONNX file in onnxruntime and compare with the PyTorch model."""
+    from .latency import onnx_session
+
+    x, ref = _reference(model.eval().float().cpu(), input_shape)
+    session = onnx_session(path, threads=1)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return _compare("onnx", path, ref, torch.from_numpy(out))
+
+
+def export_torchscript(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, *, check: bool = True
+) -> ExportCheck | None:
+    """Trace `model` to TorchScript, save it, load it back and compare."""
+    model = model.eval().float().cpu()
+    example = torch.zeros((1, *input_shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         try:
-            plan = json.loads(meta[PLAN_METADATA_KEY])
-        except json.JSONDecodeError as exc:
-            raise TaperpruneError(f"the plan stored in {path} is corrupted: {exc}") from exc
-        where = path
-    schema = plan.get("schema") if isinstance(plan, dict) else None
-    if schema != PLAN_SCHEMA:
-        raise TaperpruneError(
-            f"{where} has plan schema {schema}; this taperprune reads schema {PLAN_SCHEMA}"
-        )
-    return plan
+            traced = torch.jit.trace(model, example, check_trace=False)
+        except Exception as exc:
+            raise TaperpruneError(f"TorchScript tracing of the model failed: {exc}") from exc
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp))
+        if not check:
+            return None
+        x, ref = _reference(model, input_shape)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            got = loaded(x)
+    return _compare("torchscript", path, ref, got)
 
 
-def _check_plan_fits(plan: dict[str, Any], graph: ChannelGraph, where: Path) -> None:
-    """Name the first layer whose widths differ between the plan and the model."""
-    for name, entry in plan["layers"].items():
-        lay = graph.layers.get(name)
-        width = [len(lay.in_units), len(lay.out_units)] if lay is not None else None
-        if width != entry["width"]:
-            has = f"{width[0]} → {width[1]}" if width else "no such layer"
-            raise TaperpruneError(
-                f"the plan in {where} does not fit the model: layer {name!r} has "
-                f"{entry['width'][0]} → {entry['width'][1]} channels in the plan, the model has "
-                f"{has}; it is a plan for another model"
-            )
-    if graph.num_units != plan["num_units"]:
-        raise TaperpruneError(
-            f"the plan in {where} was made for a model with {plan['num_units']} prunable "
-            f"units; this model has {graph.num_units}: it is a plan for another model"
-        )
+def check_loaded(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> ExportCheck:
+    """Load a self-contained safetensors file back with `taperprune.load` and compare."""
+    from .plan import load
 
-
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a pruned model from a snapshot directory or a self-contained .safetensors file.
-
-    The unpruned architecture comes from the builder named in the plan, or from `model`
-    (an unpruned instance, e.g. of your own class), which is pruned in place and returned.
-    """
-    path = Path(path)
-    plan = read_plan(path)
-    if model is None:
-        model = build_model(plan["model"]["name"], **plan["model"]["kwargs"])
-    example = torch.zeros((1, *plan["input_shape"]))
-    graph = build_graph(model.cpu().eval(), example, exclude=tuple(plan.get("exclude", ())))
-    _check_plan_fits(plan, graph, path)
-    keep = torch.zeros(graph.num_units, dtype=torch.bool)
-    keep[torch.tensor(plan["kept_units"], dtype=torch.long)] = True
-    prune_channels(model, graph, keep)
-    weights = path / "model.safetensors" if path.is_dir() else path
-    state = load_weights(weights)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise TaperpruneError(f"the weights in {weights} do not fit the plan: {exc}") from exc
-    return model
+    x, ref = _reference(model.eval().float().cpu(), input_shape)
+    with torch.no_grad():
+        got = load(path).eval()(x)
+    return _compare("safetensors", path, ref, got)

@@ -1,6 +1,7 @@
 """Channel groups of a network: which channels must go together, and where each one sits.
 
-The only module that talks to torch-pruning. A *group* is a set of channels that
+Built on torch-pruning's dependency graph (`surgery.py` is the other
+module that uses it). A *group* is a set of channels that
 must be removed together (a conv's outputs, the BN after it, the next layer's
 inputs, every branch of a residual add, ...). Channels of a group that feed or
 leave a grouped (non-depthwise) conv are further tied into *units*: the same
@@ -458,42 +459,3 @@ def _mask_sites(
         if not followed_by_norm:
             sites.append((name, "weight"))
     return sites
-
-
-def prune_channels(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor) -> nn.Module:
-    """Physically remove, in place, the channels of every unit with keep == False."""
-    if keep.shape != (graph.num_units,):
-        raise ValueError(f"keep must have shape ({graph.num_units},), got {tuple(keep.shape)}")
-    counts = torch.zeros(len(graph.groups), dtype=torch.long).index_add_(
-        0, graph.unit_group, keep.long().cpu()
-    )
-    if bool((counts == 0).any()):
-        empty = [graph.groups[i].root for i in torch.nonzero(counts == 0).flatten().tolist()]
-        raise ValueError(f"every group must keep at least one unit; empty: {empty}")
-    example = torch.zeros((1, *graph.input_shape))
-    param = next(model.parameters(), None)
-    if param is not None:
-        example = example.to(param.device, param.dtype)
-    was_training = model.training
-    with torch.enable_grad():  # torch-pruning traces through autograd
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    model.train(was_training)
-    modules = dict(model.named_modules())
-    for root, idxs in graph.removed_root_channels(keep.cpu()).items():
-        mod = modules[root]
-        fn = dg.get_pruner_of_module(mod).prune_out_channels
-        dg.get_pruning_group(mod, fn, idxs).prune()
-    _check_widths(modules, graph, keep.cpu())
-    return model
-
-
-def _check_widths(modules: dict[str, nn.Module], graph: ChannelGraph, keep: torch.Tensor) -> None:
-    """Post-condition of surgery: every layer has exactly the widths the plan says."""
-    for name, idx in graph.kept_indices(keep).items():
-        got = _channels(modules[name])
-        want = (len(idx["in"]), len(idx["out"]))
-        if got != want:
-            raise GraphError(
-                f"channel removal left layer {name!r} with (in, out) = {got}, expected {want}; "
-                "this is a bug in taperprune or torch-pruning: please report it with the model."
-            )

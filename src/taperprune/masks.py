@@ -10,7 +10,6 @@ holds ∂L/∂m, the first-order loss change of removing each unit.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import GraphError
-from .graph import FIXED, ChannelGraph, prune_channels
+from .graph import FIXED, ChannelGraph
 
 
 class _MaskedForward:
@@ -146,67 +144,4 @@ class ChannelMasks:
                 self.install()
 
 
-def remove_masked(
-    model: nn.Module, graph: ChannelGraph, keep: torch.Tensor, *, verify: bool = True
-) -> nn.Module:
-    """A physically smaller copy of `model` without the units where keep is False.
-
-    The copy is an ordinary nn.Module (no masks, no hooks); `model` is not changed. With
-    `verify`, the copy is run against a masked twin on a random batch and a GraphError is
-    raised unless both compute the same function (surgery is only as exact as the graph).
-    """
-    masked = [m for m in model.modules() if isinstance(m.__dict__.get("forward"), _MaskedForward)]
-    saved = {m: m.__dict__.pop("forward") for m in masked}
-    try:
-        small = copy.deepcopy(model)
-        twin = copy.deepcopy(model) if verify else None
-    finally:
-        for m, fwd in saved.items():
-            m.forward = fwd
-    for p in small.parameters():
-        p.grad = None
-    keep = keep.detach().cpu().bool()
-    small = prune_channels(small, graph, keep)
-    if twin is not None:
-        _check_same_function(twin, small, graph, keep)
-    return small
-
-
-def _check_same_function(
-    twin: nn.Module, small: nn.Module, graph: ChannelGraph, keep: torch.Tensor
-) -> None:
-    ChannelMasks(twin, graph).set_keep(keep)
-    param = next(small.parameters(), None)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *graph.input_shape), generator=g)
-    if param is not None:
-        x = x.to(param.device, param.dtype)
-    was = small.training
-    twin.eval()
-    small.eval()
-    try:
-        with torch.no_grad():
-            ref = twin(x)
-            try:
-                got = small(x)
-            except RuntimeError as exc:
-                raise GraphError(
-                    f"the pruned model cannot run ({exc}); torch-pruning's surgery does not fit "
-                    "this architecture. Keep the layers involved whole with --exclude, and "
-                    "please report the model"
-                ) from exc
-    finally:
-        small.train(was)
-    if isinstance(ref, torch.Tensor) and isinstance(got, torch.Tensor):
-        scale = max(float(ref.abs().max()), 1.0)
-        diff = float((ref.float() - got.float()).abs().max())
-        if ref.shape != got.shape or not diff <= 1e-4 * scale:
-            raise GraphError(
-                f"removing the masked channels changes what the model computes (max |Δ| "
-                f"{diff:.2e} at output scale {scale:.3g}); torch-pruning's surgery is not exact "
-                "for this architecture. Keep the layers involved whole with --exclude, and "
-                "please report the model"
-            )
-
-
-__all__ = ["ChannelMasks", "remove_masked"]
+__all__ = ["ChannelMasks"]

@@ -29,39 +29,12 @@ from . import schedule as sched
 from .budget import parse_budgets
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .cost import build_cost_model, layer_macs, macs_and_marginals
-from .errors import GraphError, TaperpruneError
+from .errors import TaperpruneError
 from .graph import FIXED, ChannelGraph, build_graph
-from .masks import ChannelMasks, remove_masked
+from .masks import ChannelMasks
 from .scores import bn_gamma_scores, corrected_scores, update_scores
-
-PRICES = ("macs", "static", "uniform")
-
-
-@dataclass(frozen=True)
-class PrunerConfig:
-    """Every setting of the pruning method, validated on construction."""
-
-    schedule: sched.ScheduleConfig = field(default_factory=sched.ScheduleConfig)
-    warmup_steps: int = 50  # steps that only collect scores and the reference loss
-    score_beta: float = 0.99  # EMA rate of the Taylor scores
-    score: str = "taylor"  # "taylor" | "bn_gamma" (ablation)
-    # "static" (default): order by s / (the unit's marginal MACs at full width); "macs":
-    # by s / (its marginal MACs now), which lets a thinned layer make its neighbours'
-    # units look cheap and runs into lopsided widths (docs/BENCHMARKS.md); "uniform"
-    # (ablation): by s alone. The budget is accounted in real MACs in every case.
-    price: str = "static"
-    price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
-    max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be ≥ 1, got {self.warmup_steps}")
-        if not 0 <= self.score_beta < 1:
-            raise ValueError(f"score_beta must be in [0, 1), got {self.score_beta}")
-        if self.score not in ("taylor", "bn_gamma"):
-            raise ValueError(f"score must be 'taylor' or 'bn_gamma', got {self.score!r}")
-        if self.price not in PRICES:
-            raise ValueError(f"price must be one of {PRICES}, got {self.price!r}")
+from .settings import PrunerConfig
+from .surgery import check_surgery, remove_masked
 
 
 @dataclass(frozen=True)
@@ -93,43 +66,19 @@ class Snapshot:
     widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
 
 
-def check_surgery(model: nn.Module, graph: ChannelGraph) -> None:
-    """Remove the first, then the last unit of every group and check the copy computes the
-    masked function. On failure, the groups whose surgery is not exact are named."""
-
-    def trial(groups: Sequence[int], pick: int) -> GraphError | None:
-        keep = torch.ones(graph.num_units, dtype=torch.bool)
-        for gi in groups:
-            units = graph.units_of_group(gi)
-            if len(units) > 1:
-                keep[units[pick]] = False
-        try:
-            remove_masked(model, graph, keep)
-        except GraphError as exc:
-            return exc
-        return None
-
-    every = range(len(graph.groups))
-    first = trial(every, 0) or trial(every, -1)
-    if first is None:
-        return
-    bad = [graph.groups[g].root for g in every if trial([g], 0) or trial([g], -1)]
-    names = ", ".join(repr(b) for b in bad) or "several groups together"
-    raise GraphError(
-        f"{first}. Groups with inexact surgery (by their root layer): {names}; keep them whole "
-        f"with --exclude {','.join(bad) if bad else 'NAME'}"
-    )
-
-
 def check_budgets(
     model: nn.Module,
     example_input: torch.Tensor,
     budgets: Sequence[float | int | str] | str,
     *,
     exclude: Sequence[str] = (),
+    graph: ChannelGraph | None = None,
 ) -> list[int]:
-    """Validate budgets (and the surgery) before any training: MACs, or an error saying why."""
-    graph = build_graph(model, example_input, exclude=exclude)
+    """Validate budgets (and the surgery) before any training: MACs, or an error saying why.
+
+    `graph`: the model's channel graph when the caller has built it already.
+    """
+    graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
     cost = build_cost_model(graph)
     check_surgery(model, graph)
     return parse_budgets(
@@ -154,8 +103,10 @@ class TaperPruner:
         on_snapshot: Callable[[Snapshot], None] | None = None,
         keep_snapshot_models: bool = True,
         check: bool = True,
+        graph: ChannelGraph | None = None,
     ) -> None:
-        """`check=False` skips the trial removals (`check_surgery`) already run on this model."""
+        """`check=False` skips the trial removals (`check_surgery`) already run on this model;
+        `graph` is the model's channel graph when the caller has built it (with `exclude`)."""
         self.model = model
         config = config or PrunerConfig()
         # Shortcuts for the schedule settings most users change.
@@ -164,7 +115,9 @@ class TaperPruner:
         if shortcut:
             config = replace(config, schedule=replace(config.schedule, **shortcut))
         self.config = config
-        self.graph = build_graph(model, example_input, exclude=exclude)
+        self.graph = (
+            graph if graph is not None else build_graph(model, example_input, exclude=exclude)
+        )
         self.cost = build_cost_model(self.graph)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import get_model_weights, get_weight
 
-from .errors import TaperpruneError
+from ..errors import TaperpruneError
 
 # "IMAGENET1K_V1", "DEFAULT" or "VGG16_Weights.IMAGENET1K_V1": upper-case enum names.
 _NAME = re.compile(r"^([A-Za-z0-9_]+_Weights\.)?[A-Z0-9_]+$")

@@ -11,16 +11,19 @@ OUT/config.yaml        every setting, resolved
 from __future__ import annotations
 
 import csv
+import io
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .budget import parse_budget
-from .errors import BudgetError, TaperpruneError
-from .export import read_json, read_structured
+from ..budget import parse_budget
+from ..errors import BudgetError, TaperpruneError
+from ..files import read_json, read_structured, write_atomic
+from ..pruner import StepRecord
 
 RUN_FILES = (
     "config.yaml",
@@ -123,10 +126,21 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_config(config: Any, path: Path) -> None:
-    from .train import RunConfig  # the settings a run writes
+def write_trace(path: Path, trace: Sequence[Any]) -> None:
+    """trace.csv: one row per pruner step (`StepRecord`s)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(StepRecord)])
+    writer.writeheader()
+    for rec in trace:
+        writer.writerow(asdict(rec))
+    write_atomic(path, buf.getvalue())
 
-    known = set(RunConfig.__dataclass_fields__)
+
+def _check_config(config: Any, path: Path) -> None:
+    from .config import RunConfig  # the settings a run writes
+
+    # The run's own settings; method settings added in later versions may be absent.
+    known = set(RunConfig.model_fields) - {"method"}
     missing = sorted(known - set(config)) if isinstance(config, dict) else sorted(known)
     if missing:
         raise TaperpruneError(

@@ -14,8 +14,8 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .budget import format_macs  # noqa: E402
-from .export import atomic_path, write_atomic  # noqa: E402
+from ..budget import format_macs  # noqa: E402
+from ..files import atomic_path, write_atomic  # noqa: E402
 from .rundir import RunFiles, read_run  # noqa: E402
 
 DPI = 110

@@ -18,8 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .cost import count_macs
-from .errors import BudgetError, TaperpruneError
+from taperprune.cost import count_macs
+from taperprune.errors import BudgetError, TaperpruneError
 
 
 @dataclass(frozen=True)

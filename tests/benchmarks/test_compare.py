@@ -1,4 +1,4 @@
-"""The comparison harness (`taperprune bench`): its quick mode end to end, with its invariants
+"""The comparison harness (`python -m benchmarks.compare`): its quick mode end to end, with its invariants
 (MACs ≤ target for every method, taperprune within one channel of the target, equal steps,
 the same seed giving the same row, a finished bench resuming without work), the baselines'
 landing on a MAC target, and the summary tables."""
@@ -15,11 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from taperprune import bench as bench_mod
-from taperprune.baselines import BASELINES, prune_to_macs, tp_pruner, uniform_width
-from taperprune.bench import METHODS, TAPERPRUNE, Bench, BenchConfig, parse_net, quick_config
-from taperprune.benchtable import Cell, markdown, within_noise
-from taperprune.cli import app
+from benchmarks.compare import harness as bench_mod
+from benchmarks.compare.__main__ import app
+from benchmarks.compare.baselines import BASELINES, prune_to_macs, tp_pruner, uniform_width
+from benchmarks.compare.config import METHODS, TAPERPRUNE, BenchConfig, quick_config
+from benchmarks.compare.harness import Bench
+from benchmarks.compare.results import parse_net
+from benchmarks.compare.table import Cell, markdown, within_noise
 from taperprune.cost import count_macs
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.models import build_model
@@ -32,7 +34,7 @@ VOLATILE = {"run_seconds", "latency_ms"}  # timings: everything else must repeat
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(
-        app, ["bench", "--quick", "--data", DATA, "--out", str(out), "--threads", "2"]
+        app, ["--quick", "--data", DATA, "--out", str(out), "--threads", "2"]
     )
     assert result.exit_code == 0, result.output
     return out, bench_mod.read_rows(out / "results.csv")
@@ -109,7 +111,7 @@ def test_a_finished_bench_resumes_without_work(quick, monkeypatch: pytest.Monkey
         raise AssertionError("a finished run was run again")
 
     monkeypatch.setattr(bench_mod, "run_prune", refuse)
-    monkeypatch.setattr(bench_mod, "train_steps", refuse)
+    monkeypatch.setattr(bench_mod.Bench, "train", refuse)
     cfg = quick_config(BenchConfig(data=DATA, out=str(out)))
     assert len(Bench(cfg).run()) == len(rows)
 
@@ -211,7 +213,7 @@ def test_parse_net_and_config_errors():
 
 
 def test_cli_reports_bad_bench_options(tmp_path: Path):
-    result = CliRunner().invoke(app, ["bench", "--budgets", "half", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["--budgets", "half", "--out", str(tmp_path)])
     assert isinstance(result.exception, TaperpruneError)
     assert "--budgets" in str(result.exception)
 
@@ -234,9 +236,9 @@ def test_given_weights_are_every_methods_start(quick, tmp_path: Path, monkeypatc
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("pretrained although weights were given")
 
-    monkeypatch.setattr(bench_mod, "train_steps", refuse)
+    monkeypatch.setattr(bench_mod.Bench, "train", refuse)
     cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path)))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weights=str(given)))
+    cfg = dataclasses.replace(cfg, train=cfg.train.updated(weights=str(given)))
     net = Bench(cfg).pretrained("demo_cnn", 0)
     assert bench_mod.load_weights(net.weights).keys() == bench_mod.load_weights(given).keys()
     for key, value in bench_mod.load_weights(given).items():

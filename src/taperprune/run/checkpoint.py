@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import TaperpruneError
-from .export import atomic_path, read_json, write_json
+from ..errors import TaperpruneError
+from ..files import atomic_path, read_json, write_json
 
 LATEST = "latest.json"
 FORMAT = 1

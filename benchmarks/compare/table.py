@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .export import atomic_path, write_atomic  # noqa: E402
+from taperprune.files import atomic_path, write_atomic  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -208,7 +208,7 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(parts)
 
 
-def plot_pareto(rows: Sequence[Row], path: Path) -> Path:
+def plot_bench_pareto(rows: Sequence[Row], path: Path) -> Path:
     """Accuracy (mean ± std) against MACs, one panel per (view, net), one line per method.
 
     The steps view has one MAC budget, so it is in the tables only.
@@ -261,4 +261,4 @@ def write_summary(rows: Sequence[Row], out: Path) -> list[Path]:
         return []
     table = out / "table.md"
     write_atomic(table, markdown(rows))
-    return [table, plot_pareto(rows, out / "pareto.png")]
+    return [table, plot_bench_pareto(rows, out / "pareto.png")]

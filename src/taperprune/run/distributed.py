@@ -29,6 +29,25 @@ class Procs:
         return self.world > 1
 
 
+SINGLE = Procs()  # one process, no torchrun
+
+
+def resolve_device(name: str, procs: Procs | None = None) -> torch.device:
+    """cpu | cuda | cuda:N | auto; under torchrun each process takes its LOCAL_RANK's GPU."""
+    from ..errors import TaperpruneError
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TaperpruneError("--device cuda was asked for, but no CUDA GPU is available here")
+    if name == "cuda" and procs is not None and procs.active:
+        name = f"cuda:{procs.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def from_environment(device_type: str) -> Procs:
     """Join the process group torchrun set up (WORLD_SIZE > 1), or run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,1 @@
+"""The comparison harness and the competitors' pruners (outside the taperprune package)."""

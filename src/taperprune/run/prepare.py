@@ -1,0 +1,85 @@
+"""Everything a run checks and builds before it trains: device, data, model, weights,
+budgets, channel graph (built once, shared by the checks, the base plan and the pruner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TaperpruneError
+from ..files import load_weights
+from ..graph import ChannelGraph, build_graph
+from ..models import build_model
+from ..pruner import check_budgets
+from . import distributed as ddp
+from .config import RunConfig
+from .data import BatchStream, DataBundle, load_data
+from .loop import seed_everything
+from .pretrained import resolve_weights
+
+
+@dataclass
+class Prepared:
+    """A run's inputs, checked."""
+
+    device: torch.device
+    data: DataBundle
+    stream: BatchStream
+    model: nn.Module
+    example: torch.Tensor  # one zero input, on the device
+    kwargs: dict[str, Any]  # what the model builder was called with
+    graph: ChannelGraph
+    budgets: list[int]  # MACs
+
+
+def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
+    """Load data and model and check the budgets and the surgery: every error comes here,
+    in seconds, before anything trains."""
+    seed_everything(cfg.seed)
+    device = ddp.resolve_device(cfg.device, procs)
+    data = load_data(
+        cfg.data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        image_size=cfg.image_size,
+        train_limit=cfg.train_limit,
+        test_limit=cfg.test_limit,
+        pin_memory=device.type == "cuda",
+    )
+    assert data.train_set is not None
+    stream = BatchStream(
+        data.train_set,
+        cfg.batch_size,
+        cfg.seed,
+        rank=procs.rank,
+        world=procs.world,
+        workers=cfg.workers,
+        pin_memory=data.pin_memory,
+    )
+    if len(stream) == 0:
+        raise TaperpruneError(
+            f"data set {cfg.data} has fewer examples than one batch ({cfg.batch_size})"
+        )
+    kwargs = {
+        "num_classes": data.num_classes,
+        "in_channels": data.input_shape[0],
+        **cfg.model_kwargs,
+    }
+    model = build_model(cfg.model, **kwargs)
+    if cfg.weights:
+        state = load_weights(resolve_weights(cfg.weights, cfg.model))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TaperpruneError(
+                f"weights {cfg.weights} do not fit model {cfg.model}: {exc}"
+            ) from exc
+    model.to(device)
+    example = torch.zeros((1, *data.input_shape), device=device)
+    graph = build_graph(model, example, exclude=cfg.exclude)
+    budgets = check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude, graph=graph)
+    return Prepared(device, data, stream, model, example, kwargs, graph, budgets)

@@ -1,0 +1,136 @@
+"""The training machinery of a run: typed state, checkpoints, the per-step hook and fits
+that resume mid-way. The phases that use it are in `pipeline.py`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ..calibrate import recalibrate_bn
+from ..errors import RunInterrupted, TaperpruneError
+from ..pruner import TaperPruner
+from . import distributed as ddp
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .loop import FitLoop, cosine, make_optimizer
+from .prepare import Prepared
+from .progress import progress
+from .state import Resume, RunState
+
+
+class Trainer:
+    """A run's training machinery: its typed state, checkpoints, the step hook (counts,
+    interrupts, bad steps) and resumable fits. `Run` adds the phases."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        console: Console,
+        procs: ddp.Procs,
+        saved: tuple[RunState, Resume] | None = None,
+    ) -> None:
+        self.cfg, self.procs, self.out = cfg, procs, Path(cfg.out)
+        self.console = console if procs.main else Console(quiet=True)
+        self.state = saved[0] if saved is not None else RunState()
+        self.resume: Resume | None = saved[1] if saved is not None else None
+        self.resumed = saved is not None
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.pruner: TaperPruner | None = None
+        self.signal: int | None = None
+        self.ranks: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+        self.prep: Prepared  # set by `execute`
+        self.loop: FitLoop
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> None:
+        if not self.procs.main:
+            return
+        state = self.state
+        live: dict[str, Any] = {"stream": self.prep.stream.state_dict(), "rng": rng_state()}
+        live["seconds"] = state.seconds + time.perf_counter() - self.t0
+        if state.phase in ("pretrain", "taper"):
+            live["model"] = self.prep.model.state_dict()
+        if self.opt is not None:
+            live["optimizer"] = self.opt.state_dict()
+        if self.sched is not None:
+            live["scheduler"] = self.sched.state_dict()
+        if self.pruner is not None:
+            done = {r.target for r in state.results}
+            state.pruner = self.pruner.state_dict()
+            state.trace = [asdict(r) for r in self.pruner.trace]
+            state.snapshot_weights = {
+                str(t): s.model.state_dict()
+                for t, s in self.pruner.snapshots.items()
+                if t not in done and s.model is not None
+            }
+        tree = state.to_tree(live)
+        save_checkpoint(self.out / "checkpoint", tree, state.global_step, state.phase)
+
+    def _resuming(self, phase: str) -> Resume | None:
+        """The checkpoint's resume point when it is inside `phase` and not yet restored."""
+        return self.resume if self.resume is not None and self.resume.phase == phase else None
+
+    def _restore_position(self, resume: Resume) -> None:
+        """Continue the random streams where the checkpoint left them."""
+        set_rng_state(resume.rng)
+        self.prep.stream.load_state_dict(resume.stream)
+
+    def _restore_loop(self, resume: Resume) -> int:
+        """The optimizer (and LR schedule) as saved; later phases start fresh."""
+        assert self.opt is not None and resume.optimizer is not None
+        self.opt.load_state_dict(resume.optimizer)
+        if self.sched is not None and resume.scheduler is not None:
+            self.sched.load_state_dict(resume.scheduler)
+        self.resume = None
+        return resume.phase_step
+
+    # ------------------------------------------------------------ training steps
+    def _after_step(self, label: str, i: int, stop: TaperpruneError | None) -> None:
+        self.state.phase_step = i + 1
+        self.state.global_step += 1
+        if stop is not None:
+            self.checkpoint()
+            raise TaperpruneError(
+                f"{label}: {stop}. Nothing non-finite reached the weights or the scores; a "
+                f"checkpoint is saved. Lower the learning rate in {self.out / 'config.yaml'} "
+                f"(or check the data), then continue with: taperprune prune --resume {self.out}"
+            )
+        if ddp.any_flag(self.procs, self.signal is not None):
+            self.checkpoint()
+            raise RunInterrupted(
+                f"interrupted during {label} at step {i + 1}; a checkpoint is saved in "
+                f"{self.out / 'checkpoint'}. Continue with: "
+                f"taperprune prune --resume {self.out}"
+            )
+        if self.cfg.checkpoint_every and self.state.global_step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
+
+    def _fit(self, label: str, model: nn.Module, steps: int, lr: float) -> None:
+        """Plain training with a cosine LR for `steps` (resumed mid-way if saved so)."""
+        if steps <= 0:
+            return
+        self.opt = make_optimizer(self.cfg, model, lr)
+        self.sched = cosine(self.opt, steps)
+        resume = self._resuming(self.state.phase)
+        start = self._restore_loop(resume) if resume is not None else 0
+        with progress(self.console) as prog:
+            task = prog.add_task(label, total=steps, completed=start, info="")
+            for i, _ in self.loop.steps(
+                label, model, self.prep.stream, self.opt, steps, start=start, sched=self.sched
+            ):
+                if i % 10 == 0 or i == steps - 1:
+                    prog.update(task, completed=i + 1)
+        self.opt = self.sched = None
+
+    def _recalibrate(self, model: nn.Module) -> None:
+        n = self.cfg.bn_recalibration_batches
+        recalibrate_bn(model, self.prep.stream.batches(n), self.prep.device, n)
+        ddp.broadcast_buffers(self.procs, model)
