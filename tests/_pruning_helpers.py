@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
 import torch
 from torch import nn
 
@@ -13,16 +11,6 @@ from taperprune.constraint import group_interactions, minimum_macs
 from taperprune.cost import CostModel, build_cost_model
 from taperprune.graph import ChannelGraph, build_graph
 from taperprune.models import BasicBlock, demo_cnn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine's
-    oversubscription (measured: 5 s with one thread vs minutes with two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class SmallResNet(nn.Module):

@@ -10,12 +10,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _pruning_helpers import (  # noqa: F401
+from _pruning_helpers import (
     CostCase,
     SelfResidual,
     cost_case,
     depthwise_net,
-    one_thread,
     small_cost_cases,
 )
 from taperprune.constraint import Solution, group_interactions, minimum_macs, solve_budget

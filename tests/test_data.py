@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from taperprune.run.data import FASHION_MNIST_DIR, fashion_mnist_available, load_data, read_idx
 from taperprune.errors import DataError
+from taperprune.run.data import FASHION_MNIST_DIR, fashion_mnist_available, load_data, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:

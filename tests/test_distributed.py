@@ -18,8 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from taperprune.run.pipeline import run_prune
 from taperprune.run.config import RunConfig
+from taperprune.run.pipeline import run_prune
 
 MODEL = Path(__file__).parent / "models" / "user_models.py"
 # No BatchNorm: per-process batch statistics would make 2 × 16 differ from 1 × 32.

@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from taperprune.cost import build_cost_model, count_macs, layer_macs, macs, macs_and_marginals
 from taperprune.graph import FIXED, build_graph
 from taperprune.masks import ChannelMasks, _MaskedForward
-from taperprune.surgery import remove_masked
 from taperprune.models import alexnet_bvlc, demo_cnn, resnet20
+from taperprune.surgery import remove_masked
 
 
 class ResidualConcatNet(nn.Module):

@@ -11,8 +11,8 @@ from torch import nn
 from taperprune.errors import GraphError, ModelError
 from taperprune.graph import FIXED, build_graph
 from taperprune.masks import ChannelMasks
-from taperprune.surgery import remove_masked
 from taperprune.models import alexnet_bvlc, build_model, demo_cnn
+from taperprune.surgery import remove_masked
 
 
 def test_model_without_conv_or_linear() -> None:

@@ -14,14 +14,14 @@ import torch
 
 from _tiny_run import TINY_RUN
 from taperprune.errors import TaperpruneError
-from taperprune.plan import load, make_plan, read_plan, save_snapshot_files, save_with_plan
 from taperprune.export import check_onnx, export_onnx, export_torchscript
 from taperprune.latency import onnx_latency, speedups, torch_latency
 from taperprune.models import demo_cnn
-from taperprune.run.pipeline import run_prune
+from taperprune.plan import load, make_plan, read_plan, save_snapshot_files, save_with_plan
 from taperprune.pruner import TaperPruner
-from taperprune.run.rundir import find_snapshot, read_run
 from taperprune.run.config import RunConfig
+from taperprune.run.pipeline import run_prune
+from taperprune.run.rundir import find_snapshot, read_run
 
 SRC = Path(__file__).parents[1] / "src" / "taperprune"
 RUN = dict(

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from taperprune.errors import TaperpruneError
 from taperprune.files import load_weights
+from taperprune.run.config import RunConfig
 from taperprune.run.pipeline import run_prune
 from taperprune.run.pretrained import cache_path, is_weights_name, resolve_weights
-from taperprune.run.config import RunConfig
 
 URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
 

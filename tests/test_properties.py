@@ -22,13 +22,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _pruning_helpers import one_thread  # noqa: F401
 from taperprune.cost import build_cost_model, count_macs, layer_macs, macs
 from taperprune.errors import GraphError
 from taperprune.graph import ChannelGraph, build_graph
 from taperprune.masks import ChannelMasks
-from taperprune.surgery import remove_masked
-from taperprune.surgery import check_surgery
+from taperprune.surgery import check_surgery, remove_masked
 
 # ----------------------------------------------------------------------------- specs
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _pruning_helpers import TemplateData, one_thread  # noqa: F401
+from _pruning_helpers import TemplateData
 from taperprune.cost import count_macs, macs_and_marginals
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.masks import _MaskedForward

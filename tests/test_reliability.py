@@ -18,11 +18,11 @@ import yaml
 from safetensors.torch import load_file
 
 from _tiny_run import NO_OUTPUTS, TINY_RUN
-from taperprune.run.checkpoint import load_checkpoint, save_checkpoint
-from taperprune.run.data import BatchStream
 from taperprune.errors import TaperpruneError
-from taperprune.run.pipeline import resume_run, run_prune
+from taperprune.run.checkpoint import load_checkpoint, save_checkpoint
 from taperprune.run.config import RunConfig
+from taperprune.run.data import BatchStream
+from taperprune.run.pipeline import resume_run, run_prune
 
 MODELS = Path(__file__).parent / "models" / "user_models.py"
 TINY = dict(

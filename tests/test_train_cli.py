@@ -19,8 +19,9 @@ from taperprune.cost import count_macs
 from taperprune.errors import TaperpruneError
 from taperprune.files import load_weights, save_weights
 from taperprune.models import demo_cnn
-from taperprune.run.pipeline import run_prune
 from taperprune.run.config import RunConfig
+from taperprune.run.pipeline import run_prune
+from taperprune.run.state import RunResult
 
 FAST = dict(
     **TINY_RUN,
@@ -253,8 +254,8 @@ def test_readme_training_loop_runs_as_written() -> None:
     import re
     from itertools import cycle, islice
 
-    from taperprune.run.data import load_data
     from taperprune.models import resnet20
+    from taperprune.run.data import load_data
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = re.search(r"## In your own training loop\n\n```python\n(.*?)```", readme, re.S)

@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from _pruning_helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from taperprune.cost import CostModel, build_cost_model, count_macs, macs
 from taperprune.errors import GraphError
 from taperprune.graph import ChannelGraph, build_graph
 from taperprune.masks import ChannelMasks, _MaskedForward
-from taperprune.surgery import remove_masked
 from taperprune.models import build_model
+from taperprune.surgery import remove_masked
 from test_equivalence import flop_counter_macs, randomise
 
 OUTPUT = "its channels are the model's output"

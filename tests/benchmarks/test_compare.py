@@ -1,7 +1,7 @@
-"""The comparison harness (`python -m benchmarks.compare`): its quick mode end to end, with its invariants
-(MACs ≤ target for every method, taperprune within one channel of the target, equal steps,
-the same seed giving the same row, a finished bench resuming without work), the baselines'
-landing on a MAC target, and the summary tables."""
+"""The comparison harness (`python -m benchmarks.compare`): its quick mode end to end, with
+its invariants (MACs ≤ target for every method, taperprune within one channel of the
+target, equal steps, the same seed giving the same row, a finished bench resuming without
+work), the baselines' landing on a MAC target, and the summary tables."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from benchmarks.compare import harness as bench_mod
 from benchmarks.compare.__main__ import app
 from benchmarks.compare.baselines import BASELINES, prune_to_macs, tp_pruner, uniform_width
@@ -22,6 +20,8 @@ from benchmarks.compare.config import METHODS, TAPERPRUNE, BenchConfig, quick_co
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import parse_net
 from benchmarks.compare.table import Cell, markdown, within_noise
+from typer.testing import CliRunner
+
 from taperprune.cost import count_macs
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.models import build_model

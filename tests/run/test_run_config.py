@@ -15,8 +15,6 @@ from hypothesis import strategies as st
 
 from taperprune.errors import TaperpruneError
 from taperprune.latency import RUNTIMES
-from taperprune.schedule import ScheduleConfig, ScheduleKind
-from taperprune.settings import PriceKind, PrunerConfig, ScoreKind
 from taperprune.run.config import (
     METHOD_KEYS,
     RunConfig,
@@ -24,6 +22,8 @@ from taperprune.run.config import (
     dump_config,
     read_config_file,
 )
+from taperprune.schedule import ScheduleConfig, ScheduleKind
+from taperprune.settings import PriceKind, PrunerConfig, ScoreKind
 
 
 def test_every_method_setting_is_a_flat_key() -> None:
