@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,20 +19,50 @@ from torch import nn
 from .errors import TaperpruneError
 
 
+@functools.cache
+def _file_mode() -> int:
+    """What the process's umask gives a new file (mkstemp alone would make it 0600, and a
+    team's other accounts could not read the run)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_failure(path: Path, exc: BaseException) -> TaperpruneError:
+    """One line for a file that could not be written: why, and the free space left."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+        space = f"; {free / 2**20:.0f} MiB free on its file system"
+    except OSError:
+        space = ""
+    return TaperpruneError(
+        f"cannot write {path}: {reason}{space}. Free some space or choose another --out; "
+        "files written before are whole (writes are atomic)"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` that replaces `path` only if the block succeeds.
 
-    So a file is either absent, its old version, or complete — never half-written.
+    So a file is either absent, its old version, or complete — never half-written. It gets
+    the permissions the umask gives; a write that fails (a full disk) is one clear error.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -68,7 +100,12 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None =
     """The model's state dict as safetensors, written atomically."""
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            raise write_failure(path, exc) from exc
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

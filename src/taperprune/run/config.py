@@ -65,6 +65,7 @@ class RunConfig(BaseModel):
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=1)
+    skip_bad_images: bool = False  # imagefolder: train on without unreadable images
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     onnx: bool = True  # write model.onnx next to each snapshot, checked with onnxruntime
     latency_batches: tuple[Annotated[int, Field(ge=1)], ...] = (1, 32)  # () skips latency

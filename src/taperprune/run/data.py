@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,8 +210,53 @@ def _cifar10(directory: Path) -> tuple[TensorDataset, TensorDataset, int, tuple[
     return train, test, 10, (3, 32, 32)
 
 
-def _imagefolder(directory: Path, size: int) -> tuple[Dataset, Dataset, int, tuple[int, int, int]]:
-    from torchvision import datasets, transforms
+def _image_folder(directory: Path, transform: Any, skip_bad: bool) -> Any:
+    folder = _checked_image_folder_class()
+    try:
+        return folder(str(directory), transform=transform, skip_bad=skip_bad)
+    except FileNotFoundError as exc:  # no class folder, or a class folder without images
+        raise DataError(
+            f"{directory}: {exc}; imagefolder:DIR expects DIR/train/<class>/*.jpg and "
+            "DIR/val/<class>/*.jpg, with at least one image in every class folder"
+        ) from None
+
+
+@functools.cache
+def _checked_image_folder_class() -> type:
+    """Built on first use: torchvision is imported only when an image folder is read."""
+    from torchvision import datasets
+
+    class CheckedImageFolder(datasets.ImageFolder):
+        """An ImageFolder whose unreadable image is named (or, with `skip_bad`, replaced by
+        the next readable one of the data set and counted in `skipped`)."""
+
+        def __init__(self, root: str, *, transform: Any, skip_bad: bool) -> None:
+            super().__init__(root, transform=transform)
+            self.skip_bad = skip_bad
+            self.skipped: set[str] = set()
+
+        def __getitem__(self, index: int) -> Any:
+            for attempt in range(len(self.samples)):
+                i = (index + attempt) % len(self.samples)
+                try:
+                    return super().__getitem__(i)
+                except (OSError, ValueError) as exc:  # PIL: truncated or not an image
+                    path = self.samples[i][0]
+                    if not self.skip_bad:
+                        raise DataError(
+                            f"{path} is not a readable image ({exc}); remove it, or set "
+                            "skip_bad_images: true to train without it"
+                        ) from None
+                    self.skipped.add(path)
+            raise DataError(f"{self.root}: no image in it can be read")
+
+    return CheckedImageFolder
+
+
+def _imagefolder(
+    directory: Path, size: int, skip_bad: bool = False
+) -> tuple[Dataset, Dataset, int, tuple[int, int, int]]:
+    from torchvision import transforms
 
     for sub in ("train", "val"):
         if not (directory / sub).is_dir():
@@ -235,8 +281,8 @@ def _imagefolder(directory: Path, size: int) -> tuple[Dataset, Dataset, int, tup
             norm,
         ]
     )
-    train = datasets.ImageFolder(str(directory / "train"), transform=train_tf)
-    val = datasets.ImageFolder(str(directory / "val"), transform=val_tf)
+    train = _image_folder(directory / "train", train_tf, skip_bad)
+    val = _image_folder(directory / "val", val_tf, skip_bad)
     if train.classes != val.classes:
         raise DataError(
             f"class folders differ between {directory / 'train'} and {directory / 'val'}: "
@@ -256,6 +302,11 @@ def _synthetic(
         raise DataError(
             f"synthetic spec {arg!r} is not CxHxW:K, e.g. synthetic:3x32x32:10"
         ) from None
+    if min(c, h, w) < 1 or k < 1:
+        raise DataError(
+            f"synthetic spec {arg!r}: channels, height, width and classes must be ≥ 1, "
+            "e.g. synthetic:3x32x32:10"
+        )
     gen = torch.Generator().manual_seed(seed)
     templates = torch.randn(k, c, h, w, generator=gen)
 
@@ -288,6 +339,7 @@ def load_data(
     train_limit: int | None = None,
     test_limit: int | None = None,
     pin_memory: bool = False,
+    skip_bad_images: bool = False,
 ) -> DataBundle:
     """Train and test loaders for a data spec (see SPEC_FORMS)."""
     kind, arg = parse_data_spec(spec)
@@ -298,7 +350,7 @@ def load_data(
     elif kind == "cifar10":
         train, test, k, shape = _cifar10(Path(arg or ""))
     elif kind == "imagefolder":
-        train, test, k, shape = _imagefolder(Path(arg or ""), image_size or 224)
+        train, test, k, shape = _imagefolder(Path(arg or ""), image_size or 224, skip_bad_images)
     else:
         train, test, k, shape = _synthetic(arg, seed)
     train = _limit(train, train_limit, seed, shuffle=True)

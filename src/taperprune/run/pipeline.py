@@ -44,7 +44,6 @@ class Run(Trainer):
             self.prep.device, cfg.amp, cfg.max_bad_steps, self.procs, on_step=self._after_step
         )
         if self.procs.main and not self.resumed:
-            self.out.mkdir(parents=True, exist_ok=True)
             write_atomic(self.out / "config.yaml", dump_config(cfg))
         with deferred_signals(self._on_signal):
             self._pretrain()
@@ -110,19 +109,26 @@ class Run(Trainer):
                 start = self._restore_loop(resume)
             else:
                 self.resume = None
-        # The taper stops one step at each requested budget to snapshot it exactly.
+        # The taper stops one step at each requested budget to snapshot it exactly, and a
+        # skipped (non-finite) step moves neither the scores nor the budget: each one adds
+        # a step to the deadline. At most max_bad_steps − 1 skipped steps come in a row.
         max_steps = cfg.method.warmup_steps + self.taper_steps + len(cfg.budgets) + 1
+        skipped = sum(r.phase == "skipped" for r in pruner.trace)
         # A checkpoint of the taper's last step is restored with the pruner already done.
-        remaining = 0 if pruner.done else max_steps
+        remaining = 0 if pruner.done else max_steps * cfg.max_bad_steps
         full, per_epoch = pruner.full_macs, len(prep.stream)
         with progress(self.console) as prog:
-            task = prog.add_task("prune", total=max_steps, completed=start, info="")
+            task = prog.add_task("prune", total=max_steps + skipped, completed=start, info="")
             for i, rec in self.loop.steps(
                 "prune", prep.model, prep.stream, self.opt, remaining, start=start, pruner=pruner
             ):
-                if rec is not None and (i % 10 == 0 or pruner.done):
+                skipped += rec is not None and rec.phase == "skipped"
+                if pruner.done or i + 1 >= max_steps + skipped:
+                    break
+                if rec is not None and i % 10 == 0:
                     prog.update(
                         task,
+                        total=max_steps + skipped,
                         completed=i + 1,
                         info=f"epoch {(i + 1) / per_epoch:.2f}  "
                         f"budget {100 * rec.budget / full:5.1f}%  "
@@ -130,8 +136,7 @@ class Run(Trainer):
                         f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  "
                         f"loss {rec.loss:.3f}",
                     )
-                if pruner.done:
-                    break
+            prog.update(task, completed=prog.tasks[0].total)
         if not pruner.done:
             raise TaperpruneError(
                 "the taper did not reach the last budget; this is a bug: please report it"
@@ -223,10 +228,24 @@ def run_prune(
 ) -> RunResult:
     """The whole pipeline: data, model, (pretrain), taper with snapshots, fine-tune, files."""
     procs = ddp.from_environment("cuda" if cfg.device.startswith("cuda") else "cpu")
+    out, created = Path(cfg.out), False
     if procs.main:
-        check_out_dir(Path(cfg.out), overwrite)
+        try:
+            check_out_dir(out, overwrite)
+            created = not out.is_dir()
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TaperpruneError(
+                f"cannot use {out} as the run directory: {exc.strerror or exc}; choose another "
+                "--out"
+            ) from None
     ddp.barrier(procs)
-    return _execute(Run(cfg, console or Console(), procs), procs)
+    try:
+        return _execute(Run(cfg, console or Console(), procs), procs)
+    except BaseException:
+        if created and not any(out.iterdir()):  # failed before writing anything
+            out.rmdir()
+        raise
 
 
 def _execute(run: Run, procs: ddp.Procs) -> RunResult:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TaperpruneError
+from ..errors import ModelError, TaperpruneError
 from ..files import load_weights
 from ..graph import ChannelGraph, build_graph
 from ..models import build_model
@@ -49,6 +49,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         train_limit=cfg.train_limit,
         test_limit=cfg.test_limit,
         pin_memory=device.type == "cuda",
+        skip_bad_images=cfg.skip_bad_images,
     )
     assert data.train_set is not None
     stream = BatchStream(
@@ -69,7 +70,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         "in_channels": data.input_shape[0],
         **cfg.model_kwargs,
     }
-    model = build_model(cfg.model, **kwargs)
+    model = _build(cfg.model, kwargs)
     if cfg.weights:
         state = load_weights(resolve_weights(cfg.weights, cfg.model))
         try:
@@ -80,6 +81,51 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
             ) from exc
     model.to(device)
     example = torch.zeros((1, *data.input_shape), device=device)
+    _check_output(model, example, cfg.model, data.num_classes)
     graph = build_graph(model, example, exclude=cfg.exclude)
     budgets = check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude, graph=graph)
     return Prepared(device, data, stream, model, example, kwargs, graph, budgets)
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The model, or one line saying why the builder failed (its own error, not ours)."""
+    try:
+        model = build_model(name, **kwargs)
+    except TaperpruneError:
+        raise
+    except (Exception, SystemExit) as exc:  # a user's builder or module can raise anything
+        what = "exited" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
+        raise ModelError(
+            f"building model {name} with {sorted(kwargs)} {what}: {exc}. A builder is called "
+            "as builder(num_classes=…, in_channels=…, **model_kwargs); accept the arguments "
+            "it is given (e.g. with **kwargs)"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name} built a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _check_output(model: nn.Module, example: torch.Tensor, name: str, classes: int) -> None:
+    """The model must map a batch to one tensor of class scores (N, classes)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as exc:
+        raise ModelError(
+            f"model {name} cannot run on an input of shape {tuple(example.shape)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"model {name} returns a {type(out).__name__}, not one tensor of class scores; "
+            "wrap it so that forward returns the logits (e.g. out[0] or out.logits)"
+        )
+    if out.ndim != 2 or out.shape[1] != classes:
+        raise ModelError(
+            f"model {name} returns shape {tuple(out.shape)} for a batch of 1; the data has "
+            f"{classes} classes, so (1, {classes}) is expected"
+        )
