@@ -9,13 +9,7 @@ CLI) comes with the `cli` extra.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("taperprune")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
 
 # public name → the module that defines it
 _HOMES = {
@@ -70,7 +64,19 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taperprune")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.0.0"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata costs ~0.1 s: only when asked
+        globals()[name] = value = _version()
+        return value
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'taperprune' has no attribute {name!r}")
