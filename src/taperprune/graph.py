@@ -1,12 +1,11 @@
 """Channel groups of a network: which channels must go together, and where each one sits.
 
-Built on torch-pruning's dependency graph (`surgery.py` is the other
-module that uses it). A *group* is a set of channels that
-must be removed together (a conv's outputs, the BN after it, the next layer's
-inputs, every branch of a residual add, ...). Channels of a group that feed or
-leave a grouped (non-depthwise) conv are further tied into *units*: the same
-position in every conv group, so that removal keeps the conv groups valid. Masks,
-scores and the budget solve all work on units; for most networks a unit is one
+Built from one recorded forward pass and torch-pruning's dependency graph (`trace.py`).
+A *group* is a set of channels that must be removed together (a conv's outputs, the BN
+after it, the next layer's inputs, every branch of a residual add, ...). Channels of a
+group that feed or leave a grouped (non-depthwise) conv are further tied into *units*:
+the same position in every conv group, so that removal keeps the conv groups valid.
+Masks, scores and the budget solve all work on units; for most networks a unit is one
 channel.
 """
 
@@ -21,20 +20,26 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import GraphError
-
-COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Layers that mix or normalise across channels: a removed channel would change
-# what the kept channels compute, so pruning through them cannot be exact.
-CROSS_CHANNEL_TYPES = (
-    nn.LocalResponseNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.SyncBatchNorm,
+from .trace import (
+    COUNTED_TYPES,
+    CROSS_CHANNEL_TYPES,
+    NORM_TYPES,
+    is_depthwise,
+    macs_per_pair,
+    module_names,
+    record_forward,
+    trace_dependencies,
 )
+
+__all__ = [
+    "COUNTED_TYPES",
+    "CROSS_CHANNEL_TYPES",
+    "FIXED",
+    "NORM_TYPES",
+    "ChannelGraph",
+    "build_graph",
+]
+
 FIXED = -1  # unit index of a channel that is never removed
 
 
@@ -113,47 +118,6 @@ class ChannelGraph:
         }
 
 
-def _module_names(model: nn.Module) -> dict[nn.Module, str]:
-    return {m: n for n, m in model.named_modules()}
-
-
-def _record_forward(
-    model: nn.Module, example_input: torch.Tensor
-) -> tuple[dict[str, list[torch.Size]], set[str]]:
-    """One forward pass: output shapes of counted layers and the layers producing the output."""
-    names = _module_names(model)
-    shapes: dict[str, list[torch.Size]] = {}
-    grad_fns: dict[object, str] = {}
-
-    def hook(mod: nn.Module, _inp: object, out: object) -> None:
-        if not isinstance(out, torch.Tensor):
-            return
-        if isinstance(mod, COUNTED_TYPES):
-            shapes.setdefault(names[mod], []).append(out.shape)
-        if out.grad_fn is not None and isinstance(mod, COUNTED_TYPES + NORM_TYPES):
-            grad_fns.setdefault(out.grad_fn, names[mod])
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = model(example_input)
-    except Exception as exc:  # the user's model rejected the input: say so plainly
-        raise GraphError(
-            f"the example input of shape {tuple(example_input.shape)} does not fit the model: "
-            f"{type(exc).__name__}: {exc}. Pass an input shaped like one training batch "
-            "(e.g. --input 3x224x224 for ImageNet models)."
-        ) from exc
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    outs = [out] if isinstance(out, torch.Tensor) else list(tp.utils.flatten_as_list(out))
-    producers = {grad_fns[o.grad_fn] for o in outs if o.grad_fn in grad_fns}
-    return shapes, producers
-
-
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -183,7 +147,7 @@ def build_graph(
     `exclude` holds layer names or fnmatch patterns: every group that touches a
     matching layer keeps all its channels.
     """
-    names = _module_names(model)
+    names = module_names(model)
     all_names = [n for n in names.values() if n]
     for pat in exclude:
         if not any(fnmatch.fnmatchcase(n, pat) for n in all_names):
@@ -191,36 +155,13 @@ def build_graph(
                 f"exclude pattern {pat!r} matches no layer of the model; layer names look like "
                 f"{', '.join(repr(n) for n in all_names[:4])} (see `taperprune macs MODEL`)."
             )
-    shapes, producers = _record_forward(model, example_input)
+    shapes, producers = record_forward(model, example_input)
     if not shapes:
         raise GraphError(
             "the model has no Conv or Linear layer, so there is nothing to prune or count."
         )
 
-    was_training = model.training
-    dg = tp.DependencyGraph()
-    # Cross-channel layers are traced as anonymous element-wise ops: catch the autograd
-    # nodes of their outputs in torch-pruning's own forward pass to find them again.
-    cross_fns: set[object] = set()
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: cross_fns.add(getattr(out, "grad_fn", None)))
-        for m in model.modules()
-        if isinstance(m, CROSS_CHANNEL_TYPES)
-    ]
-    try:
-        with torch.enable_grad():  # torch-pruning traces through autograd
-            dg.build_dependency(model, example_inputs=example_input, verbose=False)
-    except Exception as exc:
-        raise GraphError(
-            f"torch-pruning could not trace the model's channel dependencies: "
-            f"{type(exc).__name__}: {exc}. This architecture is not supported (known: "
-            "ShuffleNet's channel-shuffle view); see docs/MODELS.md."
-        ) from exc
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    cross_nodes = {n for n in dg.module2node.values() if n.grad_fn in cross_fns}
+    dg, cross_nodes = trace_dependencies(model, example_input)
 
     tp_groups = list(
         dg.get_all_groups(
@@ -286,7 +227,7 @@ def build_graph(
             if name not in layer_of:
                 continue
             lay = layer_of[name]
-            both = isinstance(lay, NORM_TYPES) or _is_depthwise(lay)
+            both = isinstance(lay, NORM_TYPES) or is_depthwise(lay)
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
             width = len(out_map[name]) if is_out else len(in_map[name])
             if any(not 0 <= local < width for local in item.idxs) or (
@@ -308,11 +249,7 @@ def build_graph(
     uf = _UnionFind()
     bad_groups: set[int] = set()
     for name, m in layer_of.items():
-        if (
-            not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-            or m.groups == 1
-            or _is_depthwise(m)
-        ):
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups == 1 or is_depthwise(m):
             continue
         for side in (in_map[name], out_map[name]):
             per = len(side) // m.groups
@@ -376,7 +313,7 @@ def build_graph(
             to_units(in_map[name]),
             to_units(out_map[name]),
             conv_groups=getattr(m, "groups", 1),
-            macs_per_pair=_macs_per_pair(m, outs, batch),
+            macs_per_pair=macs_per_pair(m, outs, batch),
             output_shapes=outs,
         )
     if not groups:
@@ -404,34 +341,6 @@ def _channels(m: nn.Module) -> tuple[int, int]:
     if isinstance(m, NORM_TYPES):
         return m.num_features, m.num_features
     return m.in_channels, m.out_channels  # type: ignore[return-value]
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return (
-        isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-        and m.groups > 1
-        and m.groups == m.in_channels == m.out_channels
-    )
-
-
-def _macs_per_pair(m: nn.Module, outs: tuple[tuple[int, ...], ...], batch: int) -> int:
-    """MACs per sample for one (input channel, output channel) pair, summed over calls."""
-    total = 0
-    for shape in outs:
-        if isinstance(m, nn.Linear):
-            tokens = 1
-            for s in shape[:-1]:
-                tokens *= s
-            total += tokens // batch
-        else:
-            k = 1
-            for s in m.kernel_size:  # type: ignore[union-attr]
-                k *= int(s)
-            spatial = 1
-            for s in shape[2:]:
-                spatial *= s
-            total += k * spatial
-    return total
 
 
 def _mask_sites(
