@@ -1,5 +1,5 @@
-"""Shared fixtures: one intra-op thread per test module; hypothesis profiles "ci" (the
-default, deterministic) and "thorough".
+"""Shared fixtures: one intra-op thread for the modules that ask for it; hypothesis profiles
+"ci" (the default, deterministic) and "thorough".
 
 Pick one with ``HYPOTHESIS_PROFILE=thorough`` or ``--hypothesis-profile=thorough``.
 Tests that pass their own ``max_examples`` to ``@settings`` keep it under either profile.
@@ -19,10 +19,14 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread is faster, and immune to a busy machine's
-    oversubscription (measured: 5 s with one thread vs minutes with two under load)."""
+    oversubscription (measured: 5 s with one thread vs minutes with two under load).
+
+    Opt in per module with `pytestmark = pytest.mark.usefixtures("one_thread")`; not for
+    modules that compare an in-process run with a subprocess one (different thread counts
+    round differently)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

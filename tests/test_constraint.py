@@ -21,6 +21,8 @@ from taperprune.constraint import Solution, group_interactions, minimum_macs, so
 from taperprune.cost import macs_and_marginals
 from taperprune.models import demo_cnn
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CASES = small_cost_cases()
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -28,6 +28,8 @@ from taperprune.graph import ChannelGraph, build_graph
 from taperprune.masks import ChannelMasks
 from taperprune.surgery import check_surgery, remove_masked
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ----------------------------------------------------------------------------- specs
 
 

@@ -20,6 +20,8 @@ from taperprune.models import demo_cnn
 from taperprune.pruner import PrunerConfig, Snapshot, TaperPruner, check_budgets
 from taperprune.schedule import ScheduleConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAPE = (1, 12, 12)
 EXAMPLE = torch.zeros(1, *SHAPE)
 BUDGETS = [0.5, 0.25]

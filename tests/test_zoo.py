@@ -23,6 +23,8 @@ from taperprune.models import build_model
 from taperprune.surgery import remove_masked
 from test_equivalence import flop_counter_macs, randomise
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OUTPUT = "its channels are the model's output"
 NO_AUX = {"aux_logits": False, "init_weights": False}
 

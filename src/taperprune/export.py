@@ -128,11 +128,14 @@ def export_torchscript(
     return _compare("torchscript", path, ref, got)
 
 
-def check_loaded(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> ExportCheck:
-    """Load a self-contained safetensors file back with `taperprune.load` and compare."""
+def check_loaded(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, *, trust_model_file: bool = False
+) -> ExportCheck:
+    """Load a self-contained safetensors file back with `taperprune.load` and compare
+    (`trust_model_file`: as for `load`, when the plan names a builder file)."""
     from .plan import load
 
     x, ref = _reference(model.eval().float().cpu(), input_shape)
     with torch.no_grad():
-        got = load(path).eval()(x)
+        got = load(path, trust_model_file=trust_model_file).eval()(x)
     return _compare("safetensors", path, ref, got)

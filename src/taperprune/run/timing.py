@@ -16,7 +16,8 @@ from ..errors import TaperpruneError
 from ..export import export_onnx
 from ..latency import onnx_latency, onnx_session, torch_latency
 from ..models import build_model, default_input_shape, parse_input_shape
-from ..plan import load, read_plan
+from ..plan import load as load_snapshot
+from ..plan import read_plan
 from .rundir import is_run, read_run
 
 
@@ -33,10 +34,16 @@ class TimedRow:
 
 
 def models_to_time(
-    target: str, input: str | None, num_classes: int
+    target: str, input: str | None, num_classes: int, *, trust_model_file: bool = False
 ) -> tuple[list[tuple[str, Any]], tuple[int, ...]]:
     """(name, model or ONNX path) to time, the unpruned reference first where there is one,
-    and the input shape: --input, else the one the target was made for."""
+    and the input shape: --input, else the one the target was made for. Snapshots are
+    opened with `load`, which runs a model file named in a plan only with
+    `trust_model_file` (--trust-model-file)."""
+
+    def load(path: Path) -> torch.nn.Module:
+        return load_snapshot(path, trust_model_file=trust_model_file)
+
     given = parse_input_shape(input) if input else None
     path = Path(target)
     if path.suffix == ".onnx":
