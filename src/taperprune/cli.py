@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .budget import format_macs
@@ -240,8 +241,9 @@ def report(
 
 
 def _snapshot_dir(target: Path, budget: str | None) -> Path:
-    """A snapshot directory from a run directory + budget, or a snapshot directory itself."""
-    from .run.rundir import find_snapshot, is_run, read_run
+    """A snapshot directory from a run directory + budget, or a snapshot directory itself;
+    checked: no file it holds is a symbolic link, its metrics.json fits its schema."""
+    from .run.rundir import check_links, find_snapshot, is_run, read_metrics, read_run
 
     if is_run(target):
         if budget is None:
@@ -252,10 +254,20 @@ def _snapshot_dir(target: Path, budget: str | None) -> Path:
             )
         return find_snapshot(read_run(target), budget).directory
     if (target / "plan.json").is_file():
+        check_links(target)
+        if (target / "metrics.json").is_file():
+            read_metrics(target / "metrics.json")
         return target
     raise TaperpruneError(
         f"{target} is neither a run directory (config.yaml) nor a snapshot directory (plan.json)"
     )
+
+
+_TRUST = typer.Option(
+    "--trust-model-file",
+    help="Allow the snapshot's plan to name a Python file (file.py:function) that is imported "
+    "and run: only for snapshots you made yourself.",
+)
 
 
 @app.command()
@@ -270,19 +282,23 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output file (default: in the snapshot).")
     ] = None,
+    trust_model_file: Annotated[bool, _TRUST] = False,
 ) -> None:
     """Export a snapshot and check the file reproduces the PyTorch model."""
     from .export import FORMATS, check_loaded, export_onnx, export_torchscript
-    from .files import read_json, write_json
+    from .files import write_json
     from .plan import load, read_plan, save_with_plan
+    from .run.rundir import inside, read_metrics
 
     if format not in FORMATS:
         raise TaperpruneError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     snap = _snapshot_dir(run, budget)
-    model = load(snap)
+    model = load(snap, trust_model_file=trust_model_file)
     shape = tuple(read_plan(snap)["input_shape"])
     default = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
-    target = out or snap / default.get(format, f"{snap.name}-with-plan.safetensors")
+    name = default.get(format, f"{snap.name}-with-plan.safetensors")
+    # --out is the user's choice; the default stays in the snapshot, through no link.
+    target = out or inside(snap, name, field="export target")
     if format == "onnx":
         check = export_onnx(model, shape, target)
     elif format == "torchscript":
@@ -291,9 +307,9 @@ def export(
         save_with_plan(target, model, read_plan(snap))
         check = check_loaded(model, shape, target)
     assert check is not None
-    metrics_path = snap / "metrics.json"
+    metrics_path = inside(snap, "metrics.json")
     if metrics_path.is_file():
-        metrics = read_json(metrics_path)
+        metrics = read_metrics(metrics_path)
         checks = metrics.setdefault("export_checks", {})
         checks[format] = check.as_dict() | {"path": str(target)}
         write_json(metrics_path, metrics)
@@ -317,6 +333,7 @@ def bench_latency(
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
     input: Annotated[str | None, typer.Option("--input", help="Input shape CxHxW.")] = None,
     num_classes: Annotated[int, typer.Option(help="Classifier outputs (model names).")] = 1000,
+    trust_model_file: Annotated[bool, _TRUST] = False,
 ) -> None:
     """CPU latency (median, p90) of a model, a snapshot or a whole run, with speed-ups."""
     from .latency import RUNTIMES, default_threads
@@ -332,7 +349,7 @@ def bench_latency(
     except ValueError:
         raise TaperpruneError(f"--batch must be integers like 1,32, got {batch!r}") from None
     threads = threads or default_threads()
-    items, shape = models_to_time(target, input, num_classes)
+    items, shape = models_to_time(target, input, num_classes, trust_model_file=trust_model_file)
     console.print(
         f"threads: {threads} (torch.set_num_threads / onnxruntime intra-op), input "
         f"{'x'.join(map(str, shape))}, {warmup} warm-up + {runs} timed runs each"
@@ -354,17 +371,23 @@ def bench_latency(
     console.print(table)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line, safe from rich markup (a path may hold '[...]')."""
+    return escape(" ".join(str(exc).split()))
+
+
 def main() -> None:
-    """Entry point: user errors print one message and exit 2, without a traceback."""
+    """Entry point: user errors print one message and exit 2, without a traceback. The
+    message is one line whatever the terminal's width (soft wrap: never broken by rich)."""
     try:
         app(standalone_mode=False)
     except RunInterrupted as exc:
-        console.print(f"[yellow]stopped:[/yellow] {exc}")
+        console.print(f"[yellow]stopped:[/yellow] {_one_line(exc)}", soft_wrap=True)
         sys.exit(130)
     except TaperpruneError as exc:
         if _DEBUG["on"]:
             raise
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {_one_line(exc)}", soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, typer.Abort) as exc:
         sys.exit(getattr(exc, "exit_code", 1))

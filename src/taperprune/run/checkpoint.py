@@ -1,29 +1,60 @@
 """Resumable state on disk without pickle: tensors in safetensors, everything else in JSON.
 
-    checkpoint/latest.json           {"dir": "step-00000420", ...}; replaced atomically
-    checkpoint/step-00000420/state.json, tensors.safetensors
+    checkpoint/latest.json           {"dir": "step-000000420", ...}; replaced atomically
+    checkpoint/step-000000420/state.json, tensors.safetensors
 
 A new checkpoint is written into a fresh directory and only then named in latest.json,
-so a crash at any moment leaves the previous checkpoint whole.
+so a crash at any moment leaves the previous checkpoint whole. Reading one back trusts
+nothing: latest.json may only name a sibling `step-…` directory, no path may pass through
+a symbolic link, and a malformed file is one line naming it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from ..errors import TaperpruneError
 from ..files import atomic_path, read_json, write_json
+from .rundir import RUN_FILES, check_links, file_error, inside, is_run, validate
 
 LATEST = "latest.json"
 FORMAT = 1
+STEP_DIR = re.compile(r"step-[0-9]{9,}(\.[0-9]+)?")  # what `save_checkpoint` names one
+REDO = "the run cannot be resumed from it: start it again with --overwrite"
+
+
+def _step_dir(name: str) -> str:
+    if not STEP_DIR.fullmatch(name):
+        raise ValueError(f"{name!r} is not a checkpoint directory name like step-000000420")
+    return name
+
+
+class Pointer(BaseModel):
+    """latest.json: which checkpoint directory is the last complete one."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    dir: Annotated[str, AfterValidator(_step_dir)]
+    step: Annotated[int, Field(ge=0)] | None = None
+
+
+class Saved(BaseModel):
+    """state.json of a checkpoint: the state tree, tensors replaced by references."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    format: Literal[1]
+    state: dict[str, Any]
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -90,6 +121,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(directory: Path, state: dict[str, Any], step: int, phase: str = "") -> Path:
     """Write `state` as checkpoint number `step`, then point latest.json at it."""
+    inside(directory.parent, directory.name)  # never into a linked directory
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
     name, n = f"step-{step:09d}", 0
@@ -113,6 +145,13 @@ def has_checkpoint(directory: Path) -> bool:
     return (directory / LATEST).is_file()
 
 
+def _read(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError, RecursionError) as exc:  # a directory, huge integers, nesting
+        raise file_error(path, "file", f"cannot be read as JSON: {exc}", REDO) from None
+
+
 def load_checkpoint(directory: Path) -> dict[str, Any]:
     """The state saved by the last complete `save_checkpoint`; errors name the bad file."""
     latest = directory / LATEST
@@ -120,15 +159,13 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
         raise TaperpruneError(
             f"{directory} holds no checkpoint ({LATEST} is missing); the run cannot be resumed"
         )
-    pointer = read_json(latest)
-    if not isinstance(pointer, dict) or "dir" not in pointer:
-        raise TaperpruneError(f"{latest} is corrupted: it names no checkpoint directory")
-    where = directory / str(pointer["dir"])
-    meta = read_json(where / "state.json")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "state" not in meta:
-        raise TaperpruneError(
-            f"{where / 'state.json'} is not a checkpoint of format {FORMAT}; it cannot be resumed"
-        )
+    # A resumed run writes into the run directory: none of its files may be a link either.
+    root = directory.parent
+    check_links(root, RUN_FILES if is_run(root) else [directory.name])
+    pointer = validate(Pointer, _read(latest), latest, REDO)
+    where = inside(directory, pointer.dir, file=latest, field="dir")
+    state_path = where / "state.json"
+    meta = validate(Saved, _read(state_path), state_path, REDO)
     tensors_path = where / "tensors.safetensors"
     try:
         tensors = load_file(str(tensors_path))
@@ -137,9 +174,8 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     except Exception as exc:
         raise TaperpruneError(f"{tensors_path} is corrupted or truncated: {exc}") from exc
     try:
-        return _decode(meta["state"], tensors)
-    except KeyError as exc:
-        raise TaperpruneError(
-            f"{where} is inconsistent: state.json refers to tensor {exc} that "
-            "tensors.safetensors does not hold"
-        ) from exc
+        return _decode(meta.state, tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise file_error(
+            state_path, "state", f"a reference that tensors.safetensors cannot fill ({exc!r})", REDO
+        ) from None

@@ -9,8 +9,10 @@ Under `torchrun` every process runs this; only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +25,7 @@ from . import distributed as ddp
 from .checkpoint import has_checkpoint, load_checkpoint
 from .config import RunConfig, config_from_mapping, dump_config
 from .finish import save_snapshot, write_base, write_summary
+from .lock import run_lock
 from .loop import FitLoop, evaluate, finetune_structure, make_optimizer
 from .prepare import prepare
 from .progress import progress
@@ -30,7 +33,7 @@ from .rundir import budget_label, check_out_dir, is_run, read_yaml, write_trace
 from .signals import deferred_signals
 from .state import RunResult, RunState, SnapshotResult
 from .taper import check_ranks_agree, make_pruner
-from .trainer import Trainer
+from .trainer import Trainer, restoring
 
 
 class Run(Trainer):
@@ -66,7 +69,8 @@ class Run(Trainer):
         resume = self._resuming("pretrain")
         if resume is not None:
             assert resume.model is not None
-            self.prep.model.load_state_dict(resume.model)
+            with restoring(self.out, "the model weights"):
+                self.prep.model.load_state_dict(resume.model)
             self._restore_position(resume)
         steps = 0 if self.cfg.weights else int(self.cfg.pretrain_epochs * len(self.prep.stream))
         self._fit("pretrain", self.prep.model, steps, self.cfg.lr)
@@ -95,9 +99,11 @@ class Run(Trainer):
         cfg, prep = self.cfg, self.prep
         resume = self._resuming("taper")
         if resume is not None and resume.model is not None:
-            prep.model.load_state_dict(resume.model)
+            with restoring(self.out, "the model weights"):
+                prep.model.load_state_dict(resume.model)
         saved = self.state if self.state.pruner is not None else None
-        self.pruner = pruner = make_pruner(cfg, prep, self.taper_steps, saved)
+        with restoring(self.out, "the pruner state"):
+            self.pruner = pruner = make_pruner(cfg, prep, self.taper_steps, saved)
         if self.resume is not None and self.resume.phase != "taper":
             return
         self.state.phase = "taper"
@@ -228,22 +234,35 @@ def run_prune(
 ) -> RunResult:
     """The whole pipeline: data, model, (pretrain), taper with snapshots, fine-tune, files."""
     procs = ddp.from_environment("cuda" if cfg.device.startswith("cuda") else "cpu")
-    out, created = Path(cfg.out), False
-    if procs.main:
-        try:
-            check_out_dir(out, overwrite)
-            created = not out.is_dir()
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TaperpruneError(
-                f"cannot use {out} as the run directory: {exc.strerror or exc}; choose another "
-                "--out"
-            ) from None
-    ddp.barrier(procs)
-    try:
+    with _claimed(Path(cfg.out), procs, fresh=True, overwrite=overwrite):
+        ddp.barrier(procs)
         return _execute(Run(cfg, console or Console(), procs), procs)
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, procs: ddp.Procs, *, fresh: bool, overwrite: bool) -> Iterator[None]:
+    """The main process holds OUT's lock for the whole run (one writer per directory); a
+    fresh run checks OUT under the lock, and if it fails before writing anything it leaves
+    no empty directory behind."""
+    if not procs.main:
+        yield
+        return
+    created = False
+    try:
+        if fresh:
+            created = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TaperpruneError(
+            f"cannot use {out} as the run directory: {exc.strerror or exc}; choose another --out"
+        ) from None
+    try:
+        with run_lock(out):
+            if fresh:
+                check_out_dir(out, overwrite)
+            yield
     except BaseException:
-        if created and not any(out.iterdir()):  # failed before writing anything
+        if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
 
@@ -277,5 +296,6 @@ def resume_run(out: str | Path, *, console: Console | None = None) -> RunResult:
         raise TaperpruneError(f"{out / 'config.yaml'} is not a mapping of settings")
     cfg = config_from_mapping({**settings, "out": str(out)}, source=out / "config.yaml")
     procs = ddp.from_environment("cuda" if cfg.device.startswith("cuda") else "cpu")
-    saved = RunState.from_tree(load_checkpoint(out / "checkpoint"), out / "checkpoint")
-    return _execute(Run(cfg, console or Console(), procs, saved), procs)
+    with _claimed(out, procs, fresh=False, overwrite=False):
+        saved = RunState.from_tree(load_checkpoint(out / "checkpoint"), out / "checkpoint")
+        return _execute(Run(cfg, console or Console(), procs, saved), procs)

@@ -6,37 +6,47 @@ OUT/config.yaml        every setting, resolved
     base/              plan.json, model.safetensors, model.onnx of the unpruned model
     snapshots/<label>/ plan.json, model.safetensors, metrics.json, model.onnx
     report.html, *.png
+
+A run directory may come from someone else: every file is read against a schema (a
+violation is one line, "<file>: <field>: <what is wrong> (<what to do>)"), and every path
+is refused when it leaves the directory or passes through a symbolic link.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from ..budget import parse_budget
 from ..errors import BudgetError, TaperpruneError
 from ..files import read_json, read_structured, write_atomic
 from ..pruner import StepRecord
+from .lock import LOCK_NAME
 
-RUN_FILES = (
-    "config.yaml",
-    "trace.csv",
-    "summary.json",
-    "base",
-    "snapshots",
-    "checkpoint",
-    "report.html",
-    "pareto.png",
-    "trace.png",
-    "widths.png",
-)
+_DATA = ("config.yaml", "trace.csv", "summary.json", "base", "snapshots", "checkpoint")
+RUN_FILES = (*_DATA, "report.html", "pareto.png", "trace.png", "widths.png")  # what a run writes
+# What `budget_label` writes ('50pct', '12.5pct', '1.235e-05pct'): never a path.
+LABEL = re.compile(r"[0-9]+(\.[0-9]+)?(e[-+][0-9]{2,})?pct")
+RESTORE = "the file was changed or damaged after the run wrote it; restore it or prune again"
+LINK = "a run's files must lie inside its directory; replace the link by a copy of its target"
 
 
 def budget_label(target: int, full: int) -> str:
@@ -44,11 +54,87 @@ def budget_label(target: int, full: int) -> str:
     return f"{100.0 * target / full:.4g}pct"
 
 
+# ---------------------------------------------------------------- errors and paths
+def file_error(file: object, field: str, what: str, todo: str = RESTORE) -> TaperpruneError:
+    """The one-line error about one field of one file."""
+    return TaperpruneError(f"{file}: {field}: {what} ({todo})")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def schema_error(
+    exc: ValidationError, file: object, todo: str = RESTORE, at: str = ""
+) -> TaperpruneError:
+    """The first violation of a schema, as `file_error`."""
+    err = exc.errors(include_url=False)[0]
+    loc = "".join(
+        f"[{p}]" if isinstance(p, int) else f".{p}" if p.isprintable() else f".{p!r}"
+        for p in err["loc"]
+    )
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
+    got = "" if err["type"] in ("missing", "value_error") else f", got {_shown(err['input'])}"
+    return file_error(file, at + (loc.lstrip(".") or "top level"), msg + got, todo)
+
+
+def validate(
+    schema: type[BaseModel], value: Any, file: object, todo: str = RESTORE, at: str = ""
+) -> Any:
+    """`value` checked against a schema; one line naming the field if it does not fit."""
+    if not isinstance(value, dict):
+        what = f"a {type(value).__name__} where a mapping belongs"
+        raise file_error(file, at + "top level", what, todo)
+    try:
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        raise schema_error(exc, file, todo, at) from None
+
+
+def inside(root: Path, relative: str | Path, *, file: object = None, field: str = "path") -> Path:
+    """root/relative, refused when it would leave `root` or pass through a symbolic link."""
+    rel = Path(relative)
+    where = file if file is not None else root / rel
+    if rel.is_absolute() or ".." in rel.parts:
+        raise file_error(where, field, f"{str(relative)!r} leads outside {root}", LINK)
+    path = root
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            what = "" if path == where else f"{path} is "
+            raise file_error(where, field, f"{what}a symbolic link to {os.readlink(path)}", LINK)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise file_error(where, field, f"{path} resolves outside {root}", LINK)
+    return path
+
+
+def check_links(root: Path, names: Iterable[str] | None = None) -> None:
+    """Refuse a symbolic link among `names` in `root` (all its entries when None) or below."""
+    if names is None:
+        names = [p.name for p in root.iterdir()] if root.is_dir() else []
+    for name in names:
+        top = inside(root, name)
+        if not top.is_dir():
+            continue
+        for folder, dirs, files in os.walk(top):  # does not follow links
+            for entry in (*dirs, *files):
+                inside(root, Path(folder, entry).relative_to(root))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError, RecursionError) as exc:  # a directory, huge integers, nesting
+        raise file_error(path, "file", f"cannot be read as JSON: {exc}") from None
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over another run unless asked to."""
     if out.exists() and not out.is_dir():
         raise TaperpruneError(f"output directory {out} is a file; choose another --out")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock
         if not (out / "config.yaml").exists():
             raise TaperpruneError(
                 f"output directory {out} exists and is not a taperprune run; choose another --out"
@@ -58,15 +144,101 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                 f"output directory {out} already holds a run; pass --overwrite to replace it "
                 "or choose another --out"
             )
-        # Only the files a run writes go; anything else the user put there stays.
+        # Only the files a run writes go; anything else the user put there stays. A link
+        # goes itself: what it points to is never touched.
         for name in RUN_FILES:
             target = out / name
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- schemas
+def _label(value: str) -> str:
+    if not LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a snapshot label like 25pct or 12.5pct")
+    return value
+
+
+Label = Annotated[str, AfterValidator(_label)]
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Macs = Annotated[int, Field(ge=1, lt=2**63)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0, le=100)]  # top-1 accuracy
+SpeedKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+/b[0-9]{1,9}$")]
+
+
+class Schema(BaseModel):
+    """A file's schema: the fields the code reads, typed (JSON types, no coercion); other
+    fields are kept as they are."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class SummarySnapshot(Schema):
+    label: Label
+    target: Macs | None = None
+    macs: Macs | None = None
+
+
+class Summary(Schema):
+    """summary.json."""
+
+    full_macs: Macs
+    full_params: Count
+    base_acc: Percent
+    seconds: Seconds
+    trace_rows: Count | None = None
+    snapshots: list[SummarySnapshot]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Summary:
+        labels = [s.label for s in self.snapshots]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"snapshots: labels {labels} repeat")
+        return self
+
+
+class OnnxCheck(Schema):
+    passed: bool
+    max_abs_diff: float
+
+
+class Metrics(Schema):
+    """metrics.json of a snapshot: what the report, `find_snapshot` and `export` read."""
+
+    target: Macs
+    macs: Macs
+    params: Count
+    step: Count
+    acc_at_snapshot: Percent
+    acc_finetuned: Percent
+    onnx_check: OnnxCheck | None = None
+    speedup: dict[SpeedKey, float] = {}
+    export_checks: dict[str, Any] = {}
+
+
+class PlanLayer(Schema):
+    kind: str = ""
+    width: Annotated[list[Count], Field(min_length=2, max_length=2)]
+    out: list[Count]
+
+
+class PlanFields(Schema):
+    """The fields of plan.json that reading a run uses (`plan.read_plan` checks the rest)."""
+
+    input_shape: list[Annotated[int, Field(ge=1, lt=2**31)]]
+    layers: dict[str, PlanLayer]
+
+
+TRACE_COLUMNS = [f.name for f in fields(StepRecord)]
+_CELLS: dict[str, Any] = {c: (str if c == "phase" else float, ...) for c in TRACE_COLUMNS}
+# A row of trace.csv: the columns of `StepRecord`, numbers except the phase.
+TraceRow = create_model("TraceRow", __config__=ConfigDict(extra="forbid"), **_CELLS)
+
+
+# ---------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class SnapshotFiles:
     """One snapshot directory, read back."""
@@ -97,99 +269,129 @@ class RunFiles:
 
 
 def read_yaml(path: Path) -> Any:
-    return read_structured(path, yaml.safe_load, (yaml.YAMLError,), "YAML")
+    if path.is_symlink():
+        raise file_error(path, "path", f"is a symbolic link to {os.readlink(path)}", LINK)
+    try:
+        return read_structured(path, yaml.safe_load, (yaml.YAMLError,), "YAML")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise file_error(path, "file", f"cannot be read as YAML: {exc}") from None
 
 
-def _cell(key: str, value: str) -> Any:
-    if key == "phase":
-        return value
-    if value in ("True", "False"):
-        return float(value == "True")
-    return float(value)
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A snapshot's metrics.json, checked."""
+    metrics = _read_json(path)
+    validate(Metrics, metrics, path)
+    return metrics
+
+
+def read_plan_fields(path: Path) -> dict[str, Any]:
+    """A plan.json, checked for what reading a run uses."""
+    plan = _read_json(path)
+    validate(PlanFields, plan, path)
+    return plan
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     """trace.csv as rows of numbers (the phase column stays a string)."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except FileNotFoundError:
         raise TaperpruneError(f"{path} is missing") from None
-    rows = []
+    except OSError as exc:
+        raise file_error(path, "file", f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise file_error(path, "text", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     reader = csv.DictReader(text.splitlines())
-    for lineno, row in enumerate(reader, start=2):
-        try:
-            rows.append({k: _cell(k, v) for k, v in row.items()})
-        except (TypeError, ValueError) as exc:
-            raise TaperpruneError(
-                f"{path} is corrupted or truncated at line {lineno}: {exc}"
-            ) from exc
+    header = list(reader.fieldnames or [])
+    if header != TRACE_COLUMNS:
+        raise file_error(path, "header", f"columns {header}, not the trace's {TRACE_COLUMNS}")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if None in row or None in row.values():
+            raise file_error(path, f"line {line}", "a wrong number of fields (cut or corrupted)")
+        cells = {k: float(v == "True") if v in ("True", "False") else v for k, v in row.items()}
+        rows.append(validate(TraceRow, cells, path, at=f"line {line}, column ").model_dump())
     return rows
 
 
 def write_trace(path: Path, trace: Sequence[Any]) -> None:
     """trace.csv: one row per pruner step (`StepRecord`s)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(StepRecord)])
+    writer = csv.DictWriter(buf, fieldnames=TRACE_COLUMNS)
     writer.writeheader()
     for rec in trace:
         writer.writerow(asdict(rec))
     write_atomic(path, buf.getvalue())
 
 
-def _check_config(config: Any, path: Path) -> None:
-    from .config import RunConfig  # the settings a run writes
+def _read_config(path: Path) -> dict[str, Any]:
+    from .config import RunConfig, config_from_mapping  # the settings a run writes
 
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise file_error(path, "top level", f"a {type(config).__name__} where settings belong")
     # The run's own settings; method settings added in later versions may be absent.
-    known = set(RunConfig.model_fields) - {"method"}
-    missing = sorted(known - set(config)) if isinstance(config, dict) else sorted(known)
+    missing = sorted(set(RunConfig.model_fields) - {"method"} - set(config))
     if missing:
-        raise TaperpruneError(
-            f"{path} is truncated or not written by this taperprune: settings {missing} are missing"
-        )
+        raise file_error(path, "settings", f"{missing} are missing: truncated or not a run's")
+    config_from_mapping(config, source=path)
+    return config
 
 
 def is_run(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").is_file()
 
 
+def read_snapshot(
+    run: Path, relative: str, *, file: object = None, field: str = "path"
+) -> SnapshotFiles:
+    """The snapshot directory run/relative, its plan and metrics checked."""
+    directory = inside(run, relative, file=file, field=field)
+    return SnapshotFiles(
+        directory,
+        read_plan_fields(inside(run, f"{relative}/plan.json")),
+        read_metrics(inside(run, f"{relative}/metrics.json")),
+    )
+
+
 def read_run(path: str | Path) -> RunFiles:
-    """Read every file of a finished run; a missing or corrupted file is named in the error."""
+    """Read every file of a finished run; a missing or malformed file is named in the error."""
     path = Path(path)
     if not is_run(path):
         raise TaperpruneError(
             f"{path} is not a taperprune run directory (it has no config.yaml); give the --out "
             "directory of a `taperprune prune` run"
         )
-    config = read_yaml(path / "config.yaml")
-    _check_config(config, path / "config.yaml")
-    summary = read_json(path / "summary.json")
-    if not isinstance(summary, dict) or "snapshots" not in summary:
-        raise TaperpruneError(
-            f"{path / 'summary.json'} is not a finished run's summary (no snapshots); the run "
-            "may have stopped early or the file is truncated"
+    check_links(path, RUN_FILES)
+    config = _read_config(path / "config.yaml")
+    summary_path = path / "summary.json"
+    summary = _read_json(summary_path)
+    if isinstance(summary, dict) and "snapshots" not in summary:
+        raise file_error(
+            summary_path,
+            "snapshots",
+            "missing: the run may have stopped early, or the file is truncated",
+            "finish the run with `taperprune prune --resume`, or restore the file",
         )
+    checked = validate(Summary, summary, summary_path)
     trace = read_trace(path / "trace.csv")
-    if "trace_rows" in summary and len(trace) != summary["trace_rows"]:
-        raise TaperpruneError(
-            f"{path / 'trace.csv'} is truncated: {len(trace)} rows, the run wrote "
-            f"{summary['trace_rows']}"
+    if checked.trace_rows is not None and len(trace) != checked.trace_rows:
+        raise file_error(
+            path / "trace.csv",
+            "rows",
+            f"the file is truncated: {len(trace)} rows, the run wrote {checked.trace_rows}",
         )
+    base_plan = read_plan_fields(path / "base" / "plan.json")
     snapshots = [
-        SnapshotFiles(
-            path / "snapshots" / s["label"],
-            read_json(path / "snapshots" / s["label"] / "plan.json"),
-            read_json(path / "snapshots" / s["label"] / "metrics.json"),
-        )
-        for s in summary["snapshots"]
+        read_snapshot(path, f"snapshots/{s.label}", file=summary_path, field=f"snapshots[{i}]")
+        for i, s in enumerate(checked.snapshots)
     ]
-    return RunFiles(
-        path,
-        config,
-        trace,
-        summary,
-        read_json(path / "base" / "plan.json"),
-        snapshots,
-    )
+    for snap in snapshots:
+        if snap.plan["layers"].keys() != base_plan["layers"].keys():
+            raise file_error(
+                snap.directory / "plan.json", "layers", "not the layers of base/plan.json"
+            )
+    return RunFiles(path, config, trace, summary, base_plan, snapshots)
 
 
 def find_snapshot(run: RunFiles, budget: str) -> SnapshotFiles:

@@ -1,18 +1,27 @@
 """The typed state of a run: what it has produced, and where a checkpoint says to go on.
 
 A checkpoint (`checkpoint.py`) stores `RunState.to_tree()`; `RunState.from_tree` reads it
-back, naming the first field that is missing or of the wrong type.
+back against a schema (`Tree`), naming in one line the first field that is missing, of
+the wrong type, or that the phase it was saved in needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_type_hints
+
+import numpy as np
+import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ..errors import TaperpruneError
+from ..pruner import StepRecord
+from ..schedule import TaperState
+from .rundir import Label, validate
 
 PHASES = ("pretrain", "taper", "finetune")
+REDO = "it cannot be resumed: start the run again with --overwrite"
 
 
 @dataclass
@@ -62,6 +71,147 @@ class Resume:
     scheduler: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------- the checkpoint's schema
+def _tensor(value: Any) -> Any:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"a {type(value).__name__} where a tensor belongs")
+    return value
+
+
+def _array(value: Any) -> Any:
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"a {type(value).__name__} where an array belongs")
+    return value
+
+
+Tensor = Annotated[Any, AfterValidator(_tensor)]
+Array = Annotated[Any, AfterValidator(_array)]
+Count = Annotated[int, Field(ge=0)]
+Weights = dict[str, Tensor]
+STRICT = ConfigDict(strict=True, extra="forbid")
+
+
+class Node(BaseModel):
+    model_config = STRICT
+
+
+def _record(cls: type) -> type[BaseModel]:
+    """The schema of a dataclass of plain fields (a trace row, the taper's state)."""
+    fields: dict[str, Any] = {k: (t, ...) for k, t in get_type_hints(cls).items()}
+    return create_model(cls.__name__, __config__=STRICT, **fields)
+
+
+Step, Taper = _record(StepRecord), _record(TaperState)
+
+
+class Base(Node):
+    full_macs: Annotated[int, Field(ge=1)]
+    full_params: Count
+    base_acc: float
+    deploy: dict[str, Any]
+    latency: list[dict[str, Any]]
+
+
+class Result(Node):
+    label: Label
+    target: Annotated[int, Field(ge=1)]
+    macs: Annotated[int, Field(ge=1)]
+    params: Count
+    step: Count
+    acc_at_snapshot: float
+    acc_finetuned: float
+    seconds: float
+
+
+class PrunerSnapshot(Node):
+    macs: Count
+    step: Count
+    keep: Tensor
+
+
+class Pruner(Node):
+    """What `TaperPruner.load_state_dict` reads."""
+
+    keep: Tensor
+    scores: Tensor
+    steps: Count
+    score_steps: Count
+    ref_sum: float
+    ref_count: Count
+    bad_steps: Count
+    next: Count
+    lam: float
+    taper: Taper  # type: ignore[valid-type]
+    budgets: list[int]
+    snapshots: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], PrunerSnapshot]
+
+    @model_validator(mode="after")
+    def _masks(self) -> Pruner:
+        for what, keep in [("keep", self.keep)] + [
+            (f"snapshots.{t}.keep", s.keep) for t, s in self.snapshots.items()
+        ]:
+            if keep.dtype != torch.bool or keep.dim() != 1:
+                raise ValueError(f"{what} is not a vector of booleans")
+        if self.scores.shape != self.keep.shape:
+            raise ValueError("scores and keep differ in shape")
+        return self
+
+
+class Stream(Node):
+    epoch: Count
+    index: Count
+
+
+class Rng(Node):
+    """What `checkpoint.set_rng_state` reads."""
+
+    torch: Tensor
+    numpy: tuple[str, Array, int, int, float]
+    python: tuple[int, tuple[int, ...], float | None]
+    cuda: list[Tensor] | None = None
+
+
+class Finetune(Node):
+    index: Count | None = None
+    acc0: float | None = None
+
+
+class Optimizer(Node):
+    model_config = ConfigDict(strict=True, extra="allow")
+    state: dict[Any, Any]
+    param_groups: list[dict[str, Any]]
+
+
+class Tree(Node):
+    """A checkpoint's state (`RunState.to_tree`): what resuming reads."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    phase: Literal["pretrain", "taper", "finetune"]
+    phase_step: Count
+    global_step: Count
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+    base: Base | None = None
+    results: list[Result] = []
+    finetune: Finetune = Finetune()
+    pruner: Pruner | None = None
+    trace: list[Step] = []  # type: ignore[valid-type]
+    snapshot_weights: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], Weights] = {}
+    stream: Stream
+    rng: Rng
+    model: Weights | None = None
+    optimizer: Optimizer | None = None
+    scheduler: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _phase_needs(self) -> Tree:
+        needs = {"pretrain": ["model"], "taper": ["model", "base"], "finetune": ["base", "pruner"]}
+        for name in needs[self.phase]:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} is missing, which the {self.phase} phase needs")
+        return self
+
+
 @dataclass
 class RunState:
     """Everything a run has produced so far; the checkpoint holds all of it."""
@@ -99,12 +249,9 @@ class RunState:
     @classmethod
     def from_tree(cls, tree: Any, where: object) -> tuple[RunState, Resume]:
         """A saved state and where to resume; a malformed checkpoint is named, not traced."""
+        validate(Tree, tree, where, REDO)
         try:
-            if not isinstance(tree, dict):
-                raise TypeError("the state is not a mapping")
             phase = tree["phase"]
-            if phase not in PHASES:
-                raise ValueError(f"phase {phase!r} is not one of {PHASES}")
             base = tree.get("base")
             state = cls(
                 phase=phase,
@@ -128,10 +275,7 @@ class RunState:
                 optimizer=tree.get("optimizer"),
                 scheduler=tree.get("scheduler"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # the schema lets nothing through
             detail = f"field {exc} is missing" if isinstance(exc, KeyError) else str(exc)
-            raise TaperpruneError(
-                f"{where} is not a complete checkpoint ({detail}); it cannot be resumed: start "
-                "the run again with --overwrite"
-            ) from None
+            raise TaperpruneError(f"{where}: state: {detail} ({REDO})") from None
         return state, resume

@@ -60,7 +60,8 @@ def models_to_time(
         return items, given or tuple(run.base_plan["input_shape"])
     if (path / "plan.json").is_file():
         base = path.parent.parent / "base"
-        ref = [("unpruned", load(base))] if (base / "plan.json").is_file() else []
+        beside = (base / "plan.json").is_file() and not base.is_symlink()
+        ref = [("unpruned", load(base))] if beside and is_run(path.parent.parent) else []
         shape = given or tuple(read_plan(path)["input_shape"])
         return ref + [(path.name, load(path))], shape
     if path.exists():

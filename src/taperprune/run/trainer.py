@@ -3,7 +3,9 @@ that resume mid-way. The phases that use it are in `pipeline.py`."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,23 @@ from .loop import FitLoop, cosine, make_optimizer
 from .prepare import Prepared
 from .progress import progress
 from .state import Resume, RunState
+
+
+@contextlib.contextmanager
+def restoring(out: Path, what: str) -> Iterator[None]:
+    """Restoring `what` from OUT's checkpoint: a tensor of the wrong shape, a missing key or
+    the like is one line naming the checkpoint, not a traceback from torch."""
+    try:
+        yield
+    except TaperpruneError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        raise TaperpruneError(
+            f"{out / 'checkpoint'}: {what} does not fit this run ({first}); the checkpoint is "
+            "damaged or from another run: start again with --overwrite"
+        ) from None
 
 
 class Trainer:
@@ -80,15 +99,17 @@ class Trainer:
 
     def _restore_position(self, resume: Resume) -> None:
         """Continue the random streams where the checkpoint left them."""
-        set_rng_state(resume.rng)
-        self.prep.stream.load_state_dict(resume.stream)
+        with restoring(self.out, "the random state and data position"):
+            set_rng_state(resume.rng)
+            self.prep.stream.load_state_dict(resume.stream)
 
     def _restore_loop(self, resume: Resume) -> int:
         """The optimizer (and LR schedule) as saved; later phases start fresh."""
         assert self.opt is not None and resume.optimizer is not None
-        self.opt.load_state_dict(resume.optimizer)
-        if self.sched is not None and resume.scheduler is not None:
-            self.sched.load_state_dict(resume.scheduler)
+        with restoring(self.out, "the optimizer state"):
+            self.opt.load_state_dict(resume.optimizer)
+            if self.sched is not None and resume.scheduler is not None:
+                self.sched.load_state_dict(resume.scheduler)
         self.resume = None
         return resume.phase_step
 
