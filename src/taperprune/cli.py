@@ -305,7 +305,7 @@ def export(
         check = export_torchscript(model, shape, target)
     else:
         save_with_plan(target, model, read_plan(snap))
-        check = check_loaded(model, shape, target)
+        check = check_loaded(model, shape, target, trust_model_file=trust_model_file)
     assert check is not None
     metrics_path = inside(snap, "metrics.json")
     if metrics_path.is_file():

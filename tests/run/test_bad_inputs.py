@@ -190,3 +190,29 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch) ->
     assert "m.safetensors" in text and "No space left" in text and "free" in text
     assert "\n" not in text
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_one_writer_per_run_directory(tmp_path: Path) -> None:
+    from taperprune.run.lock import LOCK_NAME, run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with run_lock(out), pytest.raises(TaperpruneError, match=r"is being written by pid \d+"):
+        with run_lock(out):
+            pass
+    assert not (out / LOCK_NAME).exists()  # released and removed
+    with run_lock(out):  # free again
+        pass
+
+
+def test_a_lock_file_that_is_a_link_is_refused_not_truncated(tmp_path: Path) -> None:
+    from taperprune.run.lock import LOCK_NAME, run_lock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(TaperpruneError, match="cannot lock"), run_lock(out):
+        pass
+    assert victim.read_text() == "keep me"
