@@ -4,8 +4,9 @@ traceback and never a file written outside the run."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -67,14 +68,21 @@ def _outside(tmp: Path, run: Path) -> dict[str, tuple[int, int]]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # rich: 80 columns, piped
-    return subprocess.run(
-        [sys.executable, "-m", "taperprune", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    """`taperprune ARGS` in this process (a subprocess per case cost seconds of torch import
+    each), its output captured as piped output is: not a terminal, 80 columns."""
+    from taperprune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old, sys.argv = sys.argv, ["taperprune", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = old
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def _edit_json(path: Path, change: Callable[[Any], Any]) -> None:
