@@ -15,3 +15,12 @@ TINY_RUN: dict[str, Any] = dict(
 )
 # ONNX, latency and the report are tested in test_outputs.py; elsewhere they only cost time.
 NO_OUTPUTS: dict[str, Any] = dict(onnx=False, latency_batches=(), report=False)
+# A tiny run with a short fine-tune, small data and no outputs: the run-directory tests' run.
+FAST_RUN: dict[str, Any] = dict(
+    **TINY_RUN,
+    **NO_OUTPUTS,
+    finetune_epochs=0.5,
+    warmup_steps=5,
+    train_limit=512,
+    test_limit=128,
+)

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 import taperprune
-from _tiny_run import NO_OUTPUTS, TINY_RUN
+from _tiny_run import FAST_RUN
 from taperprune.cli import app
 from taperprune.cost import count_macs
 from taperprune.errors import TaperpruneError
@@ -23,14 +23,7 @@ from taperprune.run.config import RunConfig
 from taperprune.run.pipeline import run_prune
 from taperprune.run.state import RunResult
 
-FAST = dict(
-    **TINY_RUN,
-    **NO_OUTPUTS,
-    finetune_epochs=0.5,
-    warmup_steps=5,
-    train_limit=512,
-    test_limit=128,
-)
+FAST = FAST_RUN
 
 
 @pytest.fixture(scope="module")

@@ -197,9 +197,9 @@ def test_one_writer_per_run_directory(tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     out.mkdir()
-    with run_lock(out), pytest.raises(TaperpruneError, match=r"is being written by pid \d+"):
-        with run_lock(out):
-            pass
+    refused = pytest.raises(TaperpruneError, match=r"is being written by pid \d+")
+    with run_lock(out), refused, run_lock(out):  # the second lock is refused
+        pass
     assert not (out / LOCK_NAME).exists()  # released and removed
     with run_lock(out):  # free again
         pass

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _tiny_run import NO_OUTPUTS, TINY_RUN
+from _tiny_run import FAST_RUN
 from taperprune.errors import TaperpruneError
 from taperprune.run.checkpoint import save_checkpoint
 from taperprune.run.config import RunConfig
@@ -27,14 +27,7 @@ from taperprune.run.pipeline import run_prune
 from taperprune.run.report import _run_meta, _snapshot_table
 from taperprune.run.rundir import LABEL, budget_label, check_out_dir, find_snapshot, read_run
 
-FAST = dict(
-    **TINY_RUN,
-    **NO_OUTPUTS,
-    finetune_epochs=0.5,
-    warmup_steps=5,
-    train_limit=512,
-    test_limit=128,
-)
+FAST = FAST_RUN
 
 
 @pytest.fixture(scope="module")
