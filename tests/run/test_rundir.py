@@ -25,7 +25,8 @@ from taperprune.run.checkpoint import save_checkpoint
 from taperprune.run.config import RunConfig
 from taperprune.run.pipeline import run_prune
 from taperprune.run.report import _run_meta, _snapshot_table
-from taperprune.run.rundir import LABEL, budget_label, check_out_dir, find_snapshot, read_run
+from taperprune.run.rundir import budget_label, check_out_dir, find_snapshot, read_run
+from taperprune.run.schemas import LABEL
 
 FAST = FAST_RUN
 

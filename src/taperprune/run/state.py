@@ -18,7 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from ..errors import TaperpruneError
 from ..pruner import StepRecord
 from ..schedule import TaperState
-from .rundir import Label, validate
+from .rundir import validate
+from .schemas import Label
 
 PHASES = ("pretrain", "taper", "finetune")
 REDO = "it cannot be resumed: start the run again with --overwrite"
