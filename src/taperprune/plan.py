@@ -20,14 +20,8 @@ from torch import nn
 from .errors import ModelError, TaperpruneError
 from .files import load_weights, read_json, save_weights, write_json
 from .graph import ChannelGraph, build_graph
-from .models import (
-    MAX_UNCHECKED_INT,
-    BuilderArgumentError,
-    PlanBuilder,
-    UntrustedModelFile,
-    is_file_spec,
-    plan_builder,
-)
+from .models import BuilderArgumentError, UntrustedModelFile, is_file_spec
+from .plan_builder import MAX_UNCHECKED_INT, PlanBuilder, plan_builder
 from .plan_check import (
     CORRUPTED,
     MAX_MODEL_ELEMENTS,

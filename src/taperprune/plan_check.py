@@ -15,7 +15,8 @@ from torch import nn
 
 from .errors import TaperpruneError
 from .graph import COUNTED_TYPES, NORM_TYPES, ChannelGraph, _channels
-from .models import BuilderArgumentError, short_repr
+from .models import BuilderArgumentError
+from .plan_builder import short_repr
 
 PLAN_SCHEMA = 1
 
