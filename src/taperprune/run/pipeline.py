@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..budget import format_macs
+from ..cost import count_params
 from ..errors import TaperpruneError
 from ..files import write_atomic
 from ..pruner import Snapshot
@@ -29,7 +30,7 @@ from .lock import run_lock
 from .loop import FitLoop, evaluate, finetune_structure, make_optimizer
 from .prepare import prepare
 from .progress import progress
-from .rundir import budget_label, check_out_dir, is_run, read_yaml, write_trace
+from .rundir import budget_label, check_out_dir, is_run, read_config, write_trace
 from .signals import deferred_signals
 from .state import RunResult, RunState, SnapshotResult
 from .taper import check_ranks_agree, make_pruner
@@ -199,7 +200,7 @@ class Run(Trainer):
             label,
             snap.target,
             snap.macs,
-            sum(p.numel() for p in small.parameters()),
+            count_params(small),
             snap.step,
             acc0,
             acc1,
@@ -291,9 +292,7 @@ def resume_run(out: str | Path, *, console: Console | None = None) -> RunResult:
             f"{out} has no checkpoint to resume from (it stopped before its first one); "
             f"start it again with --overwrite"
         )
-    settings = read_yaml(out / "config.yaml")
-    if not isinstance(settings, dict):
-        raise TaperpruneError(f"{out / 'config.yaml'} is not a mapping of settings")
+    settings = read_config(out / "config.yaml")  # checked as `taperprune report` checks it
     cfg = config_from_mapping({**settings, "out": str(out)}, source=out / "config.yaml")
     procs = ddp.from_environment("cuda" if cfg.device.startswith("cuda") else "cpu")
     with _claimed(out, procs, fresh=False, overwrite=False):

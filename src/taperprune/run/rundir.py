@@ -233,7 +233,8 @@ def write_trace(path: Path, trace: Sequence[Any]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml: a mapping holding every run setting, valid as a `RunConfig`."""
     from .config import RunConfig, config_from_mapping  # the settings a run writes
 
     config = read_yaml(path)
@@ -272,7 +273,7 @@ def read_run(path: str | Path) -> RunFiles:
             "directory of a `taperprune prune` run"
         )
     check_links(path, RUN_FILES)
-    config = _read_config(path / "config.yaml")
+    config = read_config(path / "config.yaml")
     summary_path = path / "summary.json"
     summary = _read_json(summary_path)
     if isinstance(summary, dict) and "snapshots" not in summary:
