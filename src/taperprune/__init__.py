@@ -34,7 +34,9 @@ _HOMES = {
     "StepRecord": "pruner",
     "TaperPruner": "pruner",
     "recalibrate_bn": "calibrate",
+    "finetune": "finetuning",
     "load": "plan",
+    "save": "saving",
 }
 
 __all__ = [
@@ -58,9 +60,11 @@ __all__ = [
     "build_graph",
     "count_macs",
     "count_params",
+    "finetune",
     "load",
     "recalibrate_bn",
     "remove_masked",
+    "save",
 ]
 
 
@@ -93,10 +97,12 @@ if TYPE_CHECKING:
     from .calibrate import recalibrate_bn
     from .cost import build_cost_model, count_macs, count_params
     from .errors import BudgetError, DataError, GraphError, ModelError, TaperpruneError
+    from .finetuning import finetune
     from .graph import ChannelGraph, build_graph
     from .masks import ChannelMasks
     from .plan import load
     from .pruner import Snapshot, StepRecord, TaperPruner
+    from .saving import save
     from .schedule import ScheduleConfig, ScheduleKind
     from .settings import PriceKind, PrunerConfig, ScoreKind
     from .surgery import remove_masked

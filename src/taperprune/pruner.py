@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import schedule as sched
-from .budget import parse_budgets
+from .blocks import block_units, rounded_budgets
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .cost import build_cost_model, layer_macs, macs_and_marginals
 from .errors import TaperpruneError
@@ -34,6 +34,7 @@ from .graph import FIXED, ChannelGraph, build_graph
 from .masks import ChannelMasks
 from .scores import bn_gamma_scores, corrected_scores, update_scores
 from .settings import PrunerConfig
+from .snapshot_map import SnapshotMap
 from .surgery import check_surgery, remove_masked
 
 
@@ -73,17 +74,18 @@ def check_budgets(
     *,
     exclude: Sequence[str] = (),
     graph: ChannelGraph | None = None,
+    round_to: int = 1,
 ) -> list[int]:
-    """Validate budgets (and the surgery) before any training: MACs, or an error saying why.
+    """Validate budgets, `round_to` and the surgery before any training: MACs, or why not.
 
     `graph`: the model's channel graph when the caller has built it already.
     """
     graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
+    blocks = block_units(graph, round_to)
     cost = build_cost_model(graph)
     check_surgery(model, graph)
-    return parse_budgets(
-        budgets, cost.full_macs, minimum_macs(cost, graph.unit_group, len(graph.groups))
-    )
+    least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
+    return rounded_budgets(budgets, cost.full_macs, least, round_to)
 
 
 class TaperPruner:
@@ -106,7 +108,8 @@ class TaperPruner:
         graph: ChannelGraph | None = None,
     ) -> None:
         """`check=False` skips the trial removals (`check_surgery`) already run on this model;
-        `graph` is the model's channel graph when the caller has built it (with `exclude`)."""
+        `graph` is the model's channel graph when the caller has built it (with `exclude`).
+        A `config.round_to` that leaves no group wider than one block raises TaperpruneError."""
         self.model = model
         config = config or PrunerConfig()
         # Shortcuts for the schedule settings most users change.
@@ -121,8 +124,11 @@ class TaperPruner:
         self.cost = build_cost_model(self.graph)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
-        self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups)
-        self.budgets = parse_budgets(budgets, self.full_macs, self.min_macs)
+        # Groups no wider than one block of `round_to` channels keep their full width;
+        # `round_to` is an error only where no group is wider (see blocks.py).
+        self.block_units = block_units(self.graph, config.round_to)
+        self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups, self.block_units)
+        self.budgets = rounded_budgets(budgets, self.full_macs, self.min_macs, config.round_to)
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
         if check:  # before any training: fail now, not at a snapshot
             check_surgery(model, self.graph)
@@ -130,7 +136,8 @@ class TaperPruner:
         self.scores = torch.zeros(self.graph.num_units, dtype=torch.float64)
         self.on_snapshot = on_snapshot
         self.keep_snapshot_models = keep_snapshot_models
-        self.snapshots: dict[int, Snapshot] = {}
+        self.snapshots = SnapshotMap(self.full_macs)  # also by budget as given: [0.5]
+        self.exclude = tuple(exclude)
         self.trace: list[StepRecord] = []
         self._steps = 0
         self._score_steps = 0
@@ -238,6 +245,7 @@ class TaperPruner:
             uniform_price=self.config.price == "uniform",
             price_power=self.config.price_power,
             fixed_price=self._static_price,
+            block_units=self.block_units,
             marginals=None if self._d is None else (self._macs, self._d),
         )
         self._d = sol.marginals
@@ -311,13 +319,10 @@ class TaperPruner:
         """The physically pruned model: of the snapshot at `budget`, or of the masks now."""
         if budget is None:
             return remove_masked(self.model, self.graph, self.masks.keep)
-        target = parse_budgets([budget], self.full_macs, 0)[0]
-        snap = self.snapshots.get(target)
-        if snap is None:
-            have = ", ".join(f"{b:,}" for b in self.snapshots) or "none yet"
-            raise TaperpruneError(
-                f"no snapshot at budget {budget} ({target:,} MACs); snapshots taken: {have}"
-            )
+        try:
+            snap = self.snapshots[budget]
+        except KeyError as exc:
+            raise TaperpruneError(exc.args[0]) from None
         if snap.model is None:
             raise TaperpruneError(
                 f"the snapshot at {budget} was restored from a saved state without its weights; "
@@ -375,7 +380,7 @@ class TaperPruner:
         self._next = int(state["next"])
         self._lam = float(state["lam"])
         self.taper = sched.TaperState(**state["taper"])
-        self.snapshots = {}
+        self.snapshots = SnapshotMap(self.full_macs)
         for t, s in state["snapshots"].items():
             k = s["keep"].bool()
             # The weights at snapshot time are not in the state: they live in the run directory.

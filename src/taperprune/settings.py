@@ -47,6 +47,7 @@ class PrunerConfig:
     price: PriceKind = PriceKind.STATIC
     price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
+    round_to: int = 1  # every group keeps a multiple of this many channels, or its full width
 
     def __post_init__(self) -> None:
         for name, kind in (("score", ScoreKind), ("price", PriceKind)):
@@ -64,6 +65,13 @@ class PrunerConfig:
             raise ValueError(f"price_power must be > 0, got {self.price_power}")
         if self.max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be ≥ 1, got {self.max_bad_steps}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
+            raise ValueError(f"round_to must be a whole number of channels, got {self.round_to!r}")
+        if self.round_to < 1:
+            raise ValueError(
+                f"round_to must be ≥ 1 (every group keeps a multiple of round_to channels), "
+                f"got {self.round_to}"
+            )
 
 
 def method_keys() -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,50 @@
+"""`pruner.snapshots`: keyed by each budget's MACs, and found by the budget as it was given
+(`pruner.snapshots[0.5]`, `["3.87G"]`) as well."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .budget import parse_budget
+from .errors import BudgetError
+
+if TYPE_CHECKING:
+    from .pruner import Snapshot
+
+
+class SnapshotMap(dict[int, "Snapshot"]):
+    """A dict of target MACs → Snapshot that also takes budgets as users write them."""
+
+    def __init__(self, full_macs: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.full_macs = full_macs
+
+    def target(self, budget: float | int | str) -> int:
+        """The key of `budget`: an exact key as is, else the budget in MACs (0.5, '3.87G')."""
+        if (
+            isinstance(budget, int)
+            and not isinstance(budget, bool)
+            and dict.__contains__(self, budget)
+        ):
+            return budget
+        return parse_budget(budget, self.full_macs)
+
+    def __getitem__(self, budget: float | int | str) -> Snapshot:
+        key = self.target(budget)
+        if not dict.__contains__(self, key):
+            have = ", ".join(f"{b:,}" for b in self) or "none yet"
+            raise KeyError(
+                f"no snapshot at budget {budget} ({key:,} MACs); snapshots taken: {have}"
+            )
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, budget: object) -> bool:
+        try:
+            return dict.__contains__(self, self.target(budget))  # type: ignore[arg-type]
+        except BudgetError:
+            return False
+
+    def get(self, budget: float | int | str, default: Any = None) -> Any:
+        if budget not in self:
+            return default
+        return self[budget]
