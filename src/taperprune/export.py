@@ -72,7 +72,9 @@ def export_onnx(
 ) -> ExportCheck | None:
     """Write `model` (eval mode, CPU, float32) to ONNX with a dynamic batch axis; check it."""
     model = model.eval().float().cpu()
-    example = torch.zeros((1, *input_shape))
+    # Batch 2, not 1: from a batch-1 example torch.export specialises the batch of a
+    # depthwise conv on a channels-last tensor (ConvNeXt) and the dynamic axis fails.
+    example = torch.zeros((2, *input_shape))
     batch = torch.export.Dim("batch", min=1, max=4096)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -113,6 +113,7 @@ class FitLoop:
             finite = bool(torch.isfinite(loss_v).all()) and (
                 scaler.is_enabled() or _grads_finite(model)
             )
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0  # the one backward used
             if finite:
                 scaler.step(opt)
                 scaler.update()
@@ -123,7 +124,7 @@ class FitLoop:
                 if pruner.masks.grad is not None:  # identical scores on every rank
                     ddp.mean(self.procs, pruner.masks.grad)
                 if scaler.is_enabled():  # the scores must not see the loss scale
-                    pruner.masks.scale_grad(1.0 / scaler.get_scale())
+                    pruner.masks.scale_grad(1.0 / scale)
                 try:  # the pruner counts its own bad steps
                     rec = pruner.step(loss_v if finite else torch.tensor(math.nan))
                 except TaperpruneError as exc:
