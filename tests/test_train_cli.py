@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,7 +170,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_macs_anchor() -> None:
-    res = _cli("macs", "alexnet_bvlc", "--input", "3x227x227")
+    res = _cli("macs", "alexnet_bvlc", "--input", "3x227x227", "--num-classes", "1000")
     assert res.returncode == 0, res.stderr
     assert "724,406,816" in res.stdout
 
@@ -242,10 +243,24 @@ def test_readme_config_block_lists_every_default() -> None:
     assert documented == RunConfig().to_mapping()
 
 
-def test_readme_training_loop_runs_as_written() -> None:
-    """The README's 'own training loop' snippet, executed on a small model and data."""
+class _Batches:
+    """A loader that can be iterated again (as a DataLoader can), 700 batches each time."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Any:
+        from itertools import cycle, islice
+
+        return islice(cycle(self.loader), 700)
+
+
+def test_readme_training_loop_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's 'own training loop' snippet, executed on a small model and data: it
+    prunes, fine-tunes, saves and loads back the same function."""
     import re
-    from itertools import cycle, islice
 
     from taperprune.models import resnet20
     from taperprune.run.data import load_data
@@ -258,15 +273,21 @@ def test_readme_training_loop_runs_as_written() -> None:
     data = load_data("synthetic:3x32x32:10", batch_size=32)
     scope = {
         "model": model,
-        "loader": islice(cycle(data.train), 700),
+        "loader": _Batches(data.train),
         "criterion": torch.nn.CrossEntropyLoss(),
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+        "build_unpruned_model": resnet20,
     }
+    monkeypatch.chdir(tmp_path)
     exec(code.group(1), scope)
     pruner = scope["pruner"]
     assert pruner.done
     assert count_macs(scope["small"], torch.zeros(1, 3, 32, 32)) <= pruner.budgets[1]
     assert not any("forward" in m.__dict__ for m in model.modules())
+    assert pruner.snapshots[0.25] is pruner.snapshots[pruner.budgets[1]]
+    x = torch.randn(4, 3, 32, 32)
+    small, again = scope["small"].eval(), scope["again"].eval()
+    assert torch.equal(small(x), again(x))
 
 
 def test_recalibrate_bn_estimates_the_data_statistics() -> None:

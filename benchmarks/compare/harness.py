@@ -353,15 +353,14 @@ class Bench:
     def run(self) -> list[dict[str, Any]]:
         """Every view for every net and seed; returns all rows (also in results.csv)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        with progress(self.console) as prog:
-            task = prog.add_task("bench", total=count_runs(self.cfg), info="")
+        with progress(self.console, "bench", count_runs(self.cfg)) as prog:
 
             def tick() -> None:
-                prog.advance(task)
+                prog.update(prog.done + 1)
 
             for spec in self.cfg.nets:
                 for seed in self.cfg.seeds:
-                    prog.update(task, info=f"{spec} seed {seed}")
+                    prog.update(prog.done, f"{spec} seed {seed}")
                     net = self.pretrained(spec, seed)
                     for view in VIEWS:
                         if view in self.cfg.views:

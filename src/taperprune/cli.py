@@ -14,7 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .budget import format_macs
+from .cli_inspect import check, macs
 from .errors import RunInterrupted, TaperpruneError
+from .run.flags import with_setting_flags
 
 # Nothing above imports torch: `taperprune --help` answers at once. Commands import
 # what they need when they run.
@@ -24,7 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Prune whole channels of a CNN to an exact MAC budget while fine-tuning.",
 )
-console = Console()
+# soft_wrap: a line of results stays one line in a log file (tables keep their width).
+console = Console(soft_wrap=True)
 _DEBUG = {"on": False}
 
 
@@ -33,56 +36,19 @@ def _root(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")
     _DEBUG["on"] = debug
 
 
-@app.command()
-def macs(
-    model: Annotated[
-        str, typer.Argument(help="Built-in or torchvision name, or file.py:function.")
-    ],
-    input: Annotated[
-        str | None, typer.Option("--input", help="Input shape CxHxW (default: the model's usual).")
-    ] = None,
-    num_classes: Annotated[int, typer.Option(help="Classifier outputs.")] = 1000,
-) -> None:
-    """Count MACs per layer (conv: k·k·H·W·Cin/groups·Cout, linear: in·out)."""
-    import torch
+app.command()(macs)
+app.command()(check)
 
-    from .cost import build_cost_model, layer_macs
-    from .graph import build_graph
-    from .models import BUILTIN, build_model, default_input_shape, parse_input_shape
 
-    shape = parse_input_shape(input) if input else default_input_shape(model)
-    if model in BUILTIN and num_classes == 1000 and model != "alexnet_bvlc":
-        num_classes = 10
-    net = build_model(model, num_classes=num_classes, in_channels=shape[0])
-    x = torch.zeros((1, *shape))
-    graph = build_graph(net, x)
-    cm = build_cost_model(graph)
-    keep = torch.ones(graph.num_units, dtype=torch.bool)
-    per_layer = layer_macs(cm, keep)
-    total = sum(per_layer.values())
-    modules = dict(net.named_modules())
-    table = Table(title=f"{model} @ {'x'.join(map(str, shape))}")
-    for col in ("layer", "type", "in → out", "output", "MACs", "share", "prunable"):
-        table.add_column(col, justify="right" if col in ("MACs", "share") else "left")
-    for name, lay in graph.layers.items():
-        if lay.kind == "norm" or name not in per_layer:
-            continue
-        out_shape = "x".join(map(str, lay.output_shapes[0][1:])) if lay.output_shapes else "-"
-        prunable = "out" if bool((lay.out_units >= 0).any()) else "-"
-        table.add_row(
-            name,
-            type(modules[name]).__name__,
-            f"{len(lay.in_units)} → {len(lay.out_units)}",
-            out_shape,
-            f"{per_layer[name]:,}",
-            f"{100 * per_layer[name] / total:.1f}%",
-            prunable,
-        )
-    console.print(table)
-    console.print(
-        f"total: [bold]{total:,}[/bold] MACs ({format_macs(total)}MAC) in {len(per_layer)} layers; "
-        f"{len(graph.groups)} prunable channel groups, {graph.num_units} units"
-    )
+def _speedups(metrics: Path) -> dict[str, float]:
+    """Each runtime's speed-up in a snapshot's metrics.json ({} where none was measured)."""
+    import json
+
+    try:
+        speed = json.loads(metrics.read_text()).get("speedup") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in speed.items()}
 
 
 def _print_result(result: Any) -> None:
@@ -90,7 +56,7 @@ def _print_result(result: Any) -> None:
         return
     table = Table(title=f"taperprune — {result.out}")
     for col in (
-        "budget",
+        "budget" if result.unit == "MACs" else f"budget ({result.unit})",
         "MACs",
         "% of full",
         "params",
@@ -119,95 +85,72 @@ def _print_result(result: Any) -> None:
             str(s.step),
         )
     console.print(table)
+    _print_speedups(result)
     console.print(f"total time {result.seconds:.0f} s; files in {result.out}/")
 
 
-@app.command()
+def _print_speedups(result: Any) -> None:
+    """Every runtime's measured speed-up per snapshot; a slowdown in red."""
+    speeds = {
+        s.label: _speedups(Path(result.out) / "snapshots" / s.label / "metrics.json")
+        for s in result.snapshots
+    }
+    keys = list(dict.fromkeys(k for sp in speeds.values() for k in sp))
+    if not keys:
+        return
+    table = Table(title="speed-up over unpruned (median latency)")
+    table.add_column("budget", justify="right")
+    table.add_column("MACs ÷", justify="right")
+    for k in keys:
+        table.add_column(k.replace("/b", " b"), justify="right")
+    for s in result.snapshots:
+        cells = []
+        for k in keys:
+            x = speeds[s.label].get(k)
+            cells.append("–" if x is None else f"[red]{x:.2f}×[/red]" if x < 1 else f"{x:.2f}×")
+        table.add_row(format_macs(s.target), f"{result.full_macs / s.macs:.2f}×", *cells)
+    console.print(table)
+    if any(x < 1 for sp in speeds.values() for x in sp.values()):
+        console.print("[red]red[/red]: slower than unpruned (the reason is in report.html)")
+
+
 def prune(
-    model: Annotated[str | None, typer.Option(help="Model name or file.py:function.")] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(help="fashion-mnist | cifar10:/path | imagefolder:/path | synthetic"),
-    ] = None,
-    budgets: Annotated[
-        str | None, typer.Option(help="Decreasing budgets: fractions (0.5,0.25) or MACs (3.87G).")
-    ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="YAML file of settings; flags override.")
+        Path | None, typer.Option(help="YAML file of settings; flags override it.")
     ] = None,
-    out: Annotated[str | None, typer.Option(help="Run directory.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Start from these weights (no pretrain): a .safetensors or weights-only .pth "
-            "file, or a torchvision weights name (IMAGENET1K_V1, DEFAULT, "
-            "VGG16_Weights.IMAGENET1K_V1), downloaded once into torch's hub cache."
-        ),
-    ] = None,
-    pretrain_epochs: Annotated[float | None, typer.Option()] = None,
-    taper_epochs: Annotated[
-        float | None, typer.Option(help="Reach the last budget within.")
-    ] = None,
-    finetune_epochs: Annotated[float | None, typer.Option(help="Per snapshot.")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="adaptive | linear | exponential | oneshot")
-    ] = None,
-    tolerance: Annotated[float | None, typer.Option(help="Allowed relative loss rise.")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    exclude: Annotated[str | None, typer.Option(help="Layer names/patterns to keep whole.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | auto")] = None,
-    amp: Annotated[str | None, typer.Option(help="bf16 | fp16")] = None,
-    train_limit: Annotated[int | None, typer.Option(help="Use only N training examples.")] = None,
-    test_limit: Annotated[int | None, typer.Option(help="Use only N test examples.")] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(help="Optimizer steps between checkpoints (0: phase ends only).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the interrupted run in this directory (its config.yaml)."),
     ] = None,
+    **settings: Any,
 ) -> None:
-    """Prune a model to each budget in one run; writes snapshots and a trace to --out."""
-    given = [k for k, v in locals().items() if k not in ("resume", "overwrite") and v]
+    """Prune a model to each budget in one run; writes snapshots and a trace to --out.
+
+    Every setting of config.yaml is a flag: a flag overrides the file, the file the default.
+    """
     from .run.config import load_config
 
+    given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
     if resume is not None:
-        if given:
+        if given or config is not None:
             raise TaperpruneError(
-                f"--resume continues with the run's own config.yaml; drop {given} (edit "
-                f"{resume / 'config.yaml'} to change a setting, e.g. a lower learning rate)"
+                f"--resume continues with the run's own config.yaml; drop {given or '--config'} "
+                f"(edit {resume / 'config.yaml'} to change a setting, e.g. a lower learning rate)"
             )
         from .run.pipeline import resume_run
 
         _print_result(resume_run(resume, console=console))
         return
-
-    overrides = dict(
-        model=model,
-        data=data,
-        budgets=budgets,
-        out=out,
-        seed=seed,
-        weights=weights,
-        pretrain_epochs=pretrain_epochs,
-        taper_epochs=taper_epochs,
-        finetune_epochs=finetune_epochs,
-        schedule=schedule,
-        tolerance=tolerance,
-        batch_size=batch_size,
-        exclude=exclude,
-        device=device,
-        amp=amp,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        checkpoint_every=checkpoint_every,
-    )
-    cfg = load_config(config, overrides)  # every setting checked before torch is imported
+    cfg = load_config(config, settings)  # every setting checked before torch is imported
     from .run.pipeline import run_prune
 
     _print_result(run_prune(cfg, console=console, overwrite=overwrite))
+
+
+app.command()(with_setting_flags(prune))
 
 
 @app.command()

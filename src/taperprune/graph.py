@@ -118,6 +118,32 @@ class ChannelGraph:
         }
 
 
+class UnmaskableLayerError(GraphError):
+    """Layers in prunable groups that cannot be masked exactly; `patterns`: --exclude
+    patterns that cover them and, where possible, no other parametrised layer."""
+
+    def __init__(self, model: nn.Module, refused: dict[str, tuple[str, str]]) -> None:
+        from .inspect_model import exclude_patterns  # not at the top: it imports this module
+
+        named = dict(model.named_modules())
+        self.layers = tuple(n for n in named if n in refused)
+        avoid = [n for n, m in named.items() if n not in refused and list(m.parameters(False))]
+        self.patterns = tuple(exclude_patterns(self.layers, avoid))
+        first, n, it = self.layers[0], len(refused), "it" if len(refused) == 1 else "them"
+        kind, root = refused[first]
+        kinds = ", ".join(sorted({k for k, _ in refused.values()}))
+        what = (
+            f"layer {first!r} ({kind}) sits in the prunable channel group of {root!r}"
+            if n == 1
+            else f"{n} layers ({kinds}; e.g. {first!r} in the group of {root!r}) sit in "
+            "prunable channel groups"
+        )
+        super().__init__(
+            f"{what} and taperprune cannot mask {it} exactly; exclude {it} with --exclude "
+            f"'{','.join(self.patterns)}' (Python: exclude={list(self.patterns)!r})."
+        )
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -180,6 +206,7 @@ def build_graph(
 
     groups_raw: list[tuple[str, int, list[str]]] = []
     fixed: dict[str, str] = {}
+    refused: dict[str, tuple[str, str]] = {}  # layer -> (type, root of its group)
     for tp_group in tp_groups:
         root_mod = tp_group[0].dep.target.module
         root = names[root_mod]
@@ -206,11 +233,7 @@ def build_graph(
                 and any(True for _ in mod.parameters(recurse=False))
                 and not any(_matches(names.get(i.dep.target.module, ""), exclude) for i in tp_group)
             ):
-                raise GraphError(
-                    f"layer {name!r} ({type(mod).__name__}) sits in the prunable channel group "
-                    f"of {root!r} and taperprune cannot mask it exactly; exclude it with "
-                    f"--exclude {name!r} (Python: exclude=[{name!r}])."
-                )
+                refused.setdefault(name, (type(mod).__name__, root))
             members.append(name)
             if name in producers and dg.is_out_channel_pruning_fn(item.dep.handler):
                 why = "its channels are the model's output"
@@ -244,6 +267,9 @@ def build_graph(
                     out_map[name][local] = (gi, r)
                 if both or not is_out:
                     in_map[name][local] = (gi, r)
+
+    if refused:
+        raise UnmaskableLayerError(model, refused)
 
     # Tie channels of grouped convs by position within their conv group.
     uf = _UnionFind()

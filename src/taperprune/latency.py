@@ -22,7 +22,8 @@ RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
 
 @dataclass(frozen=True)
 class Latency:
-    """One measurement: `runs` timed forward passes of one batch size."""
+    """One measurement: `runs` timed forward passes of one batch size (fewer than asked
+    where they passed MAX_SECONDS)."""
 
     runtime: str
     batch: int
@@ -45,16 +46,25 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _time(call: Callable[[], object], warmup: int, runs: int) -> tuple[float, float]:
+# A measurement stops after this many seconds of timed runs (at least MIN_RUNS of them):
+# a large model at batch 32 would otherwise spend minutes of a run on its latency.
+MAX_SECONDS = 5.0
+MIN_RUNS = 3
+
+
+def _time(
+    call: Callable[[], object], warmup: int, runs: int, max_seconds: float = MAX_SECONDS
+) -> tuple[float, float, int]:
+    """(median ms, p90 ms, runs timed)."""
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    while len(times) < runs and (len(times) < MIN_RUNS or sum(times) < max_seconds * 1e3):
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1e3)
     p90 = float(np.percentile(times, 90)) if len(times) > 1 else times[0]
-    return statistics.median(times), p90
+    return statistics.median(times), p90, len(times)
 
 
 def _check_args(batch: int, runs: int, threads: int) -> None:
@@ -79,6 +89,7 @@ def torch_latency(
     warmup: int = 5,
     runs: int = 20,
     device: torch.device | str = "cpu",
+    max_seconds: float = MAX_SECONDS,
 ) -> Latency:
     """Eager PyTorch latency of `model` in eval mode under `torch.inference_mode`."""
     threads = threads or default_threads()
@@ -95,10 +106,10 @@ def torch_latency(
 
     try:
         with _torch_threads(threads), torch.inference_mode():
-            median, p90 = _time(call, warmup, runs)
+            median, p90, timed = _time(call, warmup, runs, max_seconds)
     finally:
         model.train(was)
-    return Latency("torch", batch, threads, median, p90, runs)
+    return Latency("torch", batch, threads, median, p90, timed)
 
 
 def onnx_session(path: Path, threads: int) -> Any:
@@ -123,6 +134,7 @@ def onnx_latency(
     threads: int | None = None,
     warmup: int = 5,
     runs: int = 20,
+    max_seconds: float = MAX_SECONDS,
 ) -> Latency:
     """onnxruntime (CPU) latency of the ONNX file at `path`."""
     threads = threads or default_threads()
@@ -130,8 +142,8 @@ def onnx_latency(
     session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-    median, p90 = _time(lambda: session.run(None, {name: x}), warmup, runs)
-    return Latency("onnxruntime", batch, threads, median, p90, runs)
+    median, p90, timed = _time(lambda: session.run(None, {name: x}), warmup, runs, max_seconds)
+    return Latency("onnxruntime", batch, threads, median, p90, timed)
 
 
 def speedups(base: list[Latency], pruned: list[Latency]) -> dict[str, float]:

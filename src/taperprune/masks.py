@@ -1,7 +1,8 @@
 """Per-unit binary masks, applied where they cost O(channels), and removal of masked channels.
 
 A mask multiplies every producer of a group: inside a BatchNorm's affine (γ·m, β·m)
-where one follows, else on the conv/linear weight and bias. Since ReLU, pooling and
+where one follows (on its output where a subclass adds to the forward, as timm's
+BatchNormAct2d does), else on the conv/linear weight and bias. Since ReLU, pooling and
 additions keep zeros at zero, a unit with m = 0 is exactly zero everywhere downstream,
 so the masked network and the physically pruned one compute the same function.
 The mask tensor is a leaf with requires_grad: after `loss.backward()` its `.grad`
@@ -19,6 +20,8 @@ from torch import nn
 
 from .graph import FIXED, ChannelGraph
 
+_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
+
 
 class _MaskedForward:
     """Replaces one module's forward: the same layer with a per-channel mask folded in."""
@@ -33,8 +36,12 @@ class _MaskedForward:
         m = self.values[self.index].to(x.dtype)
         mod = self.module
         if self.kind == "norm":
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            if type(mod).forward is not _BN_FORWARD:
+                # A subclass with its own forward (timm's BatchNormAct2d adds an activation
+                # and dropout): its output is masked, so nothing it adds is lost.
+                return type(mod).forward(mod, x) * m.view(shape)
             if mod.weight is None:  # no affine to fold into: mask the output instead
-                shape = (1, -1) + (1,) * (x.dim() - 2)
                 return _batch_norm(mod, x, None, None) * m.view(shape)
             return _batch_norm(mod, x, mod.weight * m, mod.bias * m)  # type: ignore[operator]
         w = mod.weight * m.view(-1, *([1] * (mod.weight.dim() - 1)))  # type: ignore[operator]

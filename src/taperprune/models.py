@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, TaperpruneError
 
 
 class UntrustedModelFile(ModelError):
@@ -169,11 +169,17 @@ def _torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# What every builder is offered; a builder gets each only where its signature names it.
+STANDARD_ARGS = ("num_classes", "in_channels")
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by built-in name, torchvision name, or `path/to/file.py:function`.
 
-    Keyword arguments the builder does not take (e.g. in_channels for torchvision
-    models) are dropped, so callers can always pass num_classes and in_channels.
+    The builder contract: `num_classes` and `in_channels` (the data's) are passed only to a
+    builder whose signature names them — `**kwargs` alone does not ask for them; any other
+    argument (a run's `model_kwargs`) is passed as given and must be accepted. Whatever the
+    builder raises is one `ModelError` line naming the builder and its arguments.
     """
     if is_file_spec(name):
         fn = _load_user_builder(name)
@@ -199,11 +205,39 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             # traces in eval mode), so their input channels would not be pruned with the rest.
             kwargs.setdefault("aux_logits", False)
             kwargs.setdefault("init_weights", False)
-        return fn(**kwargs)
+        return _call_builder(name, fn, kwargs)
+    return _call_builder(name, fn, _accepted(name, fn, kwargs))
+
+
+def _accepted(name: str, fn: Callable[..., nn.Module], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments `fn` takes: standard ones where named, others as given (checked)."""
     params = inspect.signature(fn).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    model = fn(**kwargs)
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    out = {k: v for k, v in kwargs.items() if k not in STANDARD_ARGS or k in named}
+    refused = sorted(k for k in out if k not in named and not takes_any)
+    if refused:
+        raise ModelError(
+            f"builder {name!r} takes no argument {', '.join(refused)} (it takes: "
+            f"{', '.join(sorted(named)) or 'none'}); remove it from model_kwargs"
+        )
+    return out
+
+
+def _call_builder(name: str, fn: Callable[..., nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    """fn(**kwargs); anything it raises (a user's code can raise anything) is one line."""
+    try:
+        model = fn(**kwargs)
+    except TaperpruneError:
+        raise
+    except (Exception, SystemExit) as exc:
+        what = "exited" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        raise ModelError(
+            f"building model {name} with {given} {what}: {' '.join(str(exc).split())}. "
+            "A builder receives num_classes / in_channels only where its signature names "
+            "them, and model_kwargs as given (README: your own model)"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"builder {name!r} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -234,10 +268,9 @@ def _load_user_builder(spec: str) -> Callable[..., nn.Module]:
     sys.modules[mod_name] = module
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ModelError(
-            f"importing model file {path_s!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+    except (Exception, SystemExit) as exc:
+        what = "exited" if isinstance(exc, SystemExit) else f"failed: {type(exc).__name__}"
+        raise ModelError(f"importing model file {path_s!r} {what}: {exc}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelError(f"{path_s!r} has no function {fn_name!r} (spec {spec!r})")

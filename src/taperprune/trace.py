@@ -90,8 +90,11 @@ def trace_dependencies(
     except Exception as exc:
         raise GraphError(
             f"torch-pruning could not trace the model's channel dependencies: "
-            f"{type(exc).__name__}: {exc}. This architecture is not supported (known: "
-            "ShuffleNet's channel-shuffle view); see docs/MODELS.md."
+            f"{type(exc).__name__}: {exc}{_where(exc, module_names(model))}. This architecture "
+            "is not supported (known: ShuffleNet's channel-shuffle view), and --exclude cannot "
+            "help: torch-pruning traces the whole model before any layer is excluded and "
+            "removes channels with the same trace (`taperprune macs` still counts the MACs); "
+            "see docs/MODELS.md."
         ) from exc
     finally:
         for h in hooks:
@@ -99,6 +102,34 @@ def trace_dependencies(
         model.train(was_training)
     cross_nodes = {n for n in dg.module2node.values() if n.grad_fn in cross_fns}
     return dg, cross_nodes
+
+
+def _where(exc: BaseException, names: dict[nn.Module, str]) -> str:
+    """', at <the op torch-pruning failed on> after layer <name>', from the traceback."""
+    node, tb = None, exc.__traceback__
+    while tb is not None:  # the innermost frame holding a graph node is where it failed
+        node = next(
+            (v for v in tb.tb_frame.f_locals.values() if isinstance(v, tp.dependency.Node)), node
+        )
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    seen, queue, ops = {node}, [node], set()
+    while queue:  # breadth first towards the input: the nearest named layer
+        n = queue.pop(0)
+        ops.add(type(n.grad_fn).__name__)
+        if n is not node and n.module in names:
+            shuffle = any(o.startswith(("Transpose", "Permute")) for o in ops)
+            what = (
+                "a channel shuffle (view → transpose → view)"
+                if shuffle
+                else f"{type(node.grad_fn).__name__.removesuffix('Backward0')} op"
+            )
+            return f", at {what} after layer {names[n.module]!r}"
+        fresh = [i for i in n.inputs if i not in seen]
+        seen.update(fresh)
+        queue.extend(fresh)
+    return ""
 
 
 def is_depthwise(m: nn.Module) -> bool:

@@ -86,7 +86,6 @@ def test_bad_config_file(yaml_text: str, needle: str, tmp_path: Path, capsys) ->
         (["--data", "synthetic:-1x16x16:4"], "≥ 1"),
         (["--model", f"{MODELS / 'hostile_models.py'}:tuple_output"], "returns a tuple"),
         (["--model", f"{MODELS / 'hostile_models.py'}:raises"], "the builder broke"),
-        (["--model", f"{MODELS / 'hostile_models.py'}:forwards_unknown_kwargs"], "in_channels"),
         (["--model", f"{MODELS / 'exits_on_import.py'}:build"], "exited"),
     ],
 )

@@ -8,6 +8,7 @@ setting fails in milliseconds, before any data is read or anything trains.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
@@ -23,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import TaperpruneError
+from ..budget import budget_resource
+from ..errors import BudgetError, TaperpruneError
 from ..settings import PrunerConfig, method_keys
 
 METHOD_KEYS = method_keys()
@@ -42,6 +44,8 @@ class RunConfig(BaseModel):
 
     model: str = Field("demo_cnn", min_length=1)
     data: str = Field("fashion-mnist", min_length=1)
+    # CxHxW: synthetic data's shape, imagefolder's crop; None: the data's or model's own
+    input: str | None = None
     budgets: tuple[str, ...] = Field(("0.5", "0.25", "0.125"), min_length=1)
     out: str = Field("runs/demo", min_length=1)
     seed: int = Field(0, ge=0, lt=2**63)
@@ -105,6 +109,27 @@ class RunConfig(BaseModel):
             return tuple(str(v) if isinstance(v, (int, float, str)) else v for v in value)
         return value
 
+    @field_validator("input")
+    @classmethod
+    def _shape_text(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9]\d*x[1-9]\d*x[1-9]\d*", value):
+            raise ValueError("must be an input shape CxHxW, e.g. 3x224x224")
+        return value
+
+    @field_validator("model_kwargs", mode="before")
+    @classmethod
+    def _mapping_text(cls, value: Any) -> Any:
+        """'{width: 64}' (a flag's text) → {'width': 64}."""
+        if not isinstance(value, str):
+            return value
+        try:
+            loaded = yaml.safe_load(value)
+        except yaml.YAMLError:
+            loaded = None
+        if not isinstance(loaded, dict):
+            raise ValueError("must be a YAML mapping of builder arguments, e.g. '{width: 64}'")
+        return loaded
+
     @field_validator("latency_batches", mode="before")
     @classmethod
     def _int_list(cls, value: Any) -> Any:
@@ -113,6 +138,20 @@ class RunConfig(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool):
             return (value,)
         return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _one_resource(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            budget_resource(value)
+        except BudgetError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def budget_unit(self) -> str:
+        """What the budgets count: 'MACs', or 'params' for budgets like '1.2Mparams'."""
+        return "params" if budget_resource(self.budgets) == "params" else "MACs"
 
     @property
     def max_bad_steps(self) -> int:

@@ -292,9 +292,11 @@ def _imagefolder(
 
 
 def _synthetic(
-    arg: str | None, seed: int
+    arg: str | None, seed: int, shape: tuple[int, int, int] | None
 ) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
-    shape_s, _, k_s = (arg or "1x28x28:10").partition(":")
+    default = "x".join(map(str, shape or (1, 28, 28)))
+    shape_s, _, k_s = (arg or f"{default}:10").partition(":")
+    shape_s = shape_s or default
     try:
         c, h, w = (int(v) for v in shape_s.lower().split("x"))
         k = int(k_s or 10)
@@ -316,6 +318,18 @@ def _synthetic(
         return TensorDataset(x, y)
 
     return make(2048), make(512), k, (c, h, w)
+
+
+def _crop_from_input(shape: tuple[int, int, int], image_size: int | None) -> int:
+    """imagefolder's crop size from --input (3xSxS); it must agree with --image-size."""
+    c, h, w = shape
+    if c != 3 or h != w:
+        raise DataError(
+            f"imagefolder gives square RGB crops; --input must be 3xSxS, got {c}x{h}x{w}"
+        )
+    if image_size is not None and image_size != h:
+        raise DataError(f"--input {c}x{h}x{w} and --image-size {image_size} disagree; give one")
+    return h
 
 
 def _limit(ds: Dataset, n: int | None, seed: int, shuffle: bool) -> Dataset:
@@ -340,11 +354,16 @@ def load_data(
     test_limit: int | None = None,
     pin_memory: bool = False,
     skip_bad_images: bool = False,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> DataBundle:
-    """Train and test loaders for a data spec (see SPEC_FORMS)."""
+    """Train and test loaders for a data spec (see SPEC_FORMS). `input_shape` (C, H, W) is
+    synthetic data's shape where the spec has none and imagefolder's crop; it must match
+    the images of the fixed-size sets."""
     kind, arg = parse_data_spec(spec)
     train: Dataset
     test: Dataset
+    if kind == "imagefolder" and input_shape is not None:
+        image_size = _crop_from_input(input_shape, image_size)
     if kind == "fashion-mnist":
         train, test, k, shape = _fashion_mnist(Path(arg) if arg else FASHION_MNIST_DIR)
     elif kind == "cifar10":
@@ -352,7 +371,13 @@ def load_data(
     elif kind == "imagefolder":
         train, test, k, shape = _imagefolder(Path(arg or ""), image_size or 224, skip_bad_images)
     else:
-        train, test, k, shape = _synthetic(arg, seed)
+        train, test, k, shape = _synthetic(arg, seed, input_shape)
+    if input_shape is not None and tuple(input_shape) != shape:
+        given = "x".join(map(str, input_shape))
+        raise DataError(
+            f"--input {given} does not match data set {spec}, whose examples are "
+            f"{'x'.join(map(str, shape))}; drop --input or use other data"
+        )
     train = _limit(train, train_limit, seed, shuffle=True)
     test = _limit(test, test_limit, seed, shuffle=False)
     n_train = len(train)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from ..plan import make_plan, save_snapshot_files
 from ..pruner import Snapshot, TaperPruner
 from . import distributed as ddp
 from .config import RunConfig
-from .deploy import deploy, latency_text, snapshot_metrics
+from .deploy import deploy, latency_text, slowdown_reason, snapshot_metrics
 from .prepare import Prepared
 from .state import BaseResult, RunResult, RunState, SnapshotResult
 
@@ -74,22 +74,31 @@ def save_snapshot(
     console: Console,
 ) -> None:
     """snapshots/<label>/: plan, weights, metrics, ONNX and latency of one snapshot."""
-    plan = _plan(cfg, prep, graph, snap.keep, macs=snap.macs, params=res.params, target=snap.target)
+    target = snap.target if cfg.budget_unit == "MACs" else None  # plan.json: a MAC target
+    plan = _plan(cfg, prep, graph, snap.keep, macs=res.macs, params=res.params, target=target)
     directory = Path(cfg.out) / "snapshots" / res.label
     deployed, latency = deploy(small, directory, tuple(prep.data.input_shape), cfg, console)
     metrics = snapshot_metrics(
         asdict(res),
         target=snap.target,
+        unit=cfg.budget_unit,
         full_macs=base.full_macs,
         full_params=base.full_params,
         base_acc=base.base_acc,
         base_latency=[Latency(**m) for m in base.latency],
         latency=latency,
         deployed=deployed,
+        widths=snap.widths,
     )
     save_snapshot_files(directory, small, plan, metrics)
     if latency:
-        console.print(f"  {base.full_macs / snap.macs:.2f}× fewer MACs" + latency_text(latency))
+        speed = metrics["speedup"]
+        console.print(
+            f"  {base.full_macs / res.macs:.2f}× fewer MACs" + latency_text(latency, speed)
+        )
+        if any(x < 1 for x in speed.values()):
+            why = slowdown_reason(metrics["aligned_widths"])
+            console.print(f"  [red]slower[/red] than unpruned in places: likely {why}")
 
 
 def write_summary(
@@ -105,7 +114,15 @@ def write_summary(
     base = state.base
     assert base is not None
     out = Path(cfg.out)
-    result = RunResult(base.full_macs, base.full_params, base.base_acc, state.results, seconds, out)
+    result = RunResult(
+        base.full_macs,
+        base.full_params,
+        base.base_acc,
+        state.results,
+        seconds,
+        out,
+        cfg.budget_unit,
+    )
     if not procs.main:
         return result
     write_json(
@@ -113,6 +130,7 @@ def write_summary(
         {
             "full_macs": result.full_macs,
             "full_params": result.full_params,
+            "unit": result.unit,
             "base_acc": result.base_acc,
             "seconds": seconds,
             "trace_rows": len(pruner.trace),

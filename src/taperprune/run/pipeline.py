@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..budget import format_macs
-from ..cost import count_params
+from ..cost import count_macs, count_params
 from ..errors import TaperpruneError
 from ..files import write_atomic
 from ..pruner import Snapshot
@@ -124,26 +124,29 @@ class Run(Trainer):
         # A checkpoint of the taper's last step is restored with the pruner already done.
         remaining = 0 if pruner.done else max_steps * cfg.max_bad_steps
         full, per_epoch = pruner.full_macs, len(prep.stream)
-        with progress(self.console) as prog:
-            task = prog.add_task("prune", total=max_steps + skipped, completed=start, info="")
+        warmup = cfg.method.warmup_steps
+        phase = "prune: warm-up" if start < warmup else "prune: taper"
+        with progress(self.console, phase, max_steps + skipped, start) as prog:
             for i, rec in self.loop.steps(
                 "prune", prep.model, prep.stream, self.opt, remaining, start=start, pruner=pruner
             ):
                 skipped += rec is not None and rec.phase == "skipped"
                 if pruner.done or i + 1 >= max_steps + skipped:
+                    prog.finish(i + 1)
                     break
+                if rec is not None and rec.phase != "skipped":
+                    sub = "warm-up" if rec.phase == "warmup" else "taper"
+                    prog.retitle(f"prune: {sub}", i + 1)
                 if rec is not None and i % 10 == 0:
                     prog.update(
-                        task,
-                        total=max_steps + skipped,
-                        completed=i + 1,
-                        info=f"epoch {(i + 1) / per_epoch:.2f}  "
+                        i + 1,
+                        f"epoch {(i + 1) / per_epoch:.2f}  "
                         f"budget {100 * rec.budget / full:5.1f}%  "
-                        f"MACs {100 * rec.macs / full:5.1f}%  λ {rec.lam:.2e}  "
+                        f"{pruner.unit} {100 * rec.macs / full:5.1f}%  λ {rec.lam:.2e}  "
                         f"rate {rec.rate:.4f}{' paused' if rec.paused else ''}  "
                         f"loss {rec.loss:.3f}",
+                        total=max_steps + skipped,
                     )
-            prog.update(task, completed=prog.tasks[0].total)
         if not pruner.done:
             raise TaperpruneError(
                 "the taper did not reach the last budget; this is a bug: please report it"
@@ -168,7 +171,10 @@ class Run(Trainer):
         cfg, prep, state = self.cfg, self.prep, self.state
         assert state.base is not None and snap.model is not None
         small = snap.model
-        label = budget_label(snap.target, state.base.full_macs)
+        params = cfg.budget_unit == "params"
+        label = budget_label(
+            snap.target, state.base.full_params if params else state.base.full_macs
+        )
         state.phase = "finetune"
         t0 = time.perf_counter()
         resume = self._resuming("finetune")
@@ -199,7 +205,7 @@ class Run(Trainer):
         res = SnapshotResult(
             label,
             snap.target,
-            snap.macs,
+            count_macs(small, prep.example) if params else snap.macs,
             count_params(small),
             snap.step,
             acc0,
@@ -207,7 +213,9 @@ class Run(Trainer):
             time.perf_counter() - t0,
         )
         self.console.print(
-            f"snapshot {label}: {format_macs(snap.macs)} MACs, top-1 {acc0:.2f}% at the "
+            f"snapshot {label}: {format_macs(res.macs)} MACs"
+            + (f", {res.params:,} params" if params else "")
+            + f", top-1 {acc0:.2f}% at the "
             f"snapshot, {acc1:.2f}% after fine-tuning"
         )
         if self.procs.main:

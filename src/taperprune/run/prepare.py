@@ -9,14 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, TaperpruneError
+from ..errors import TaperpruneError
 from ..files import load_weights
 from ..graph import ChannelGraph, build_graph
-from ..models import build_model
+from ..inspect_model import check_output
+from ..models import build_model, default_input_shape, parse_input_shape
 from ..pruner import check_budgets
 from . import distributed as ddp
 from .config import RunConfig
-from .data import BatchStream, DataBundle, load_data
+from .data import BatchStream, DataBundle, load_data, parse_data_spec
 from .loop import seed_everything
 from .pretrained import resolve_weights
 
@@ -50,6 +51,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         test_limit=cfg.test_limit,
         pin_memory=device.type == "cuda",
         skip_bad_images=cfg.skip_bad_images,
+        input_shape=input_shape(cfg),
     )
     assert data.train_set is not None
     stream = BatchStream(
@@ -70,7 +72,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         "in_channels": data.input_shape[0],
         **cfg.model_kwargs,
     }
-    model = _build(cfg.model, kwargs)
+    model = build_model(cfg.model, **kwargs)
     if cfg.weights:
         state = load_weights(resolve_weights(cfg.weights, cfg.model))
         try:
@@ -81,51 +83,25 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
             ) from exc
     model.to(device)
     example = torch.zeros((1, *data.input_shape), device=device)
-    _check_output(model, example, cfg.model, data.num_classes)
+    check_output(model, example, cfg.model, data.num_classes)
     graph = build_graph(model, example, exclude=cfg.exclude)
-    budgets = check_budgets(model, example, list(cfg.budgets), exclude=cfg.exclude, graph=graph)
+    budgets = check_budgets(
+        model,
+        example,
+        list(cfg.budgets),
+        exclude=cfg.exclude,
+        graph=graph,
+        round_to=cfg.method.round_to,
+    )
     return Prepared(device, data, stream, model, example, kwargs, graph, budgets)
 
 
-def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The model, or one line saying why the builder failed (its own error, not ours)."""
-    try:
-        model = build_model(name, **kwargs)
-    except TaperpruneError:
-        raise
-    except (Exception, SystemExit) as exc:  # a user's builder or module can raise anything
-        what = "exited" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
-        raise ModelError(
-            f"building model {name} with {sorted(kwargs)} {what}: {exc}. A builder is called "
-            "as builder(num_classes=…, in_channels=…, **model_kwargs); accept the arguments "
-            "it is given (e.g. with **kwargs)"
-        ) from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model {name} built a {type(model).__name__}, not a torch nn.Module")
-    return model
-
-
-def _check_output(model: nn.Module, example: torch.Tensor, name: str, classes: int) -> None:
-    """The model must map a batch to one tensor of class scores (N, classes)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example)
-    except Exception as exc:
-        raise ModelError(
-            f"model {name} cannot run on an input of shape {tuple(example.shape)}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        model.train(was)
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(
-            f"model {name} returns a {type(out).__name__}, not one tensor of class scores; "
-            "wrap it so that forward returns the logits (e.g. out[0] or out.logits)"
-        )
-    if out.ndim != 2 or out.shape[1] != classes:
-        raise ModelError(
-            f"model {name} returns shape {tuple(out.shape)} for a batch of 1; the data has "
-            f"{classes} classes, so (1, {classes}) is expected"
-        )
+def input_shape(cfg: RunConfig) -> tuple[int, int, int] | None:
+    """--input as (C, H, W); for synthetic data without a shape, the model's usual input."""
+    if cfg.input is not None:
+        c, h, w = parse_input_shape(cfg.input)
+        return c, h, w
+    kind, arg = parse_data_spec(cfg.data)
+    if kind == "synthetic" and not (arg or "").partition(":")[0]:
+        return default_input_shape(cfg.model)
+    return None

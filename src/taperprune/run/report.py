@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ..budget import format_macs  # noqa: E402
 from ..files import atomic_path, write_atomic  # noqa: E402
+from .deploy import slowdown_reason  # noqa: E402
 from .rundir import RunFiles, read_run  # noqa: E402
 
 DPI = 110
@@ -91,18 +92,18 @@ def plot_pareto(runs: Sequence[RunFiles], path: Path) -> Path:
 def plot_trace(run: RunFiles, path: Path) -> Path:
     """Budget and MACs, λ, taper rate and loss against the step."""
     rows = run.trace
-    full = run.summary["full_macs"]
+    unit, full = _unit(run)  # the trace counts what the budgets count
     step = [r["step"] for r in rows]
     fig, axes = plt.subplots(4, 1, figsize=(7.5, 8.5), sharex=True)
     ax = axes[0]
     ax.plot(step, [100 * r["budget"] / full for r in rows], label="budget B(t)")
-    ax.plot(step, [100 * r["macs"] / full for r in rows], "--", label="MACs reached")
-    ax.set_ylabel("% of unpruned MACs")
+    ax.plot(step, [100 * r["macs"] / full for r in rows], "--", label=f"{unit} reached")
+    ax.set_ylabel(f"% of unpruned {unit}")
     ax.legend(fontsize=8)
     # λ is 0 until the first channel is priced (warm-up): leave those steps out.
     axes[1].plot(step, [r["lam"] if r["lam"] > 0 else float("nan") for r in rows], color="C2")
     axes[1].set_yscale("log")
-    axes[1].set_ylabel("λ (score per MAC)")
+    axes[1].set_ylabel(f"λ (score per {unit[:-1] if unit == 'MACs' else 'param'})")
     axes[2].plot(step, [r["rate"] for r in rows], color="C3")
     paused = [r["step"] for r in rows if r["paused"]]
     if paused:
@@ -162,17 +163,38 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _latency_cell(metrics: dict[str, Any]) -> str:
+    """Every runtime's speed-up; a slowdown in red, its likely reason on hover and below."""
     speed = metrics.get("speedup") or {}
     if not speed:
         return "–"
-    key = max(speed, key=lambda k: (k.startswith("torch"), int(k.split("/b")[-1])))
-    return f"{speed[key]:.2f}× ({html.escape(key)})"
+    why = slowdown_reason(metrics.get("aligned_widths"))
+    parts = []
+    for key, x in speed.items():
+        text = f"{html.escape(key)}: {x:.2f}×"
+        if x < 1:
+            text = f'<span class="slow" title="{html.escape(why)}">{text}, slower</span>'
+        parts.append(text)
+    slow = min(speed.values()) < 1
+    note = f'<br><small class="slow">likely {html.escape(why)}</small>' if slow else ""
+    return "<br>".join(parts) + note
+
+
+def _unit(run: RunFiles) -> tuple[str, int]:
+    """What the run's budgets count (MACs or params) and the unpruned model's count of it."""
+    if run.summary.get("unit") == "params":
+        return "params", int(run.summary["full_params"])
+    return "MACs", int(run.summary["full_macs"])
+
+
+def _reached(metrics: dict[str, Any], unit: str) -> int:
+    return int(metrics["params"] if unit == "params" else metrics["macs"])
 
 
 def _snapshot_table(run: RunFiles) -> str:
     full = run.summary["full_macs"]
+    unit, ufull = _unit(run)
     head = (
-        "<tr><th>snapshot</th><th>target MACs</th><th>MACs reached</th><th>% of unpruned</th>"
+        f"<tr><th>snapshot</th><th>target {unit}</th><th>MACs reached</th><th>% of unpruned</th>"
         "<th>budget error</th><th>params</th><th>top-1 at snapshot</th>"
         "<th>after fine-tune</th><th>MAC reduction</th><th>measured speed-up</th>"
         "<th>ONNX check</th></tr>"
@@ -191,7 +213,8 @@ def _snapshot_table(run: RunFiles) -> str:
         rows.append(
             f"<tr><td>{html.escape(_pct(s.label))}</td><td>{format_macs(m['target'])}</td>"
             f"<td>{format_macs(m['macs'])}</td><td>{100 * m['macs'] / full:.2f}%</td>"
-            f"<td>{100 * (m['macs'] - m['target']) / full:+.3f}%</td><td>{m['params']:,}</td>"
+            f"<td>{100 * (_reached(m, unit) - m['target']) / ufull:+.3f}%</td>"
+            f"<td>{m['params']:,}</td>"
             f"<td>{m['acc_at_snapshot']:.2f}%</td><td>{m['acc_finetuned']:.2f}%</td>"
             f"<td>{full / m['macs']:.2f}×</td><td>{_latency_cell(m)}</td><td>{check_txt}</td></tr>"
         )
@@ -199,6 +222,7 @@ def _snapshot_table(run: RunFiles) -> str:
 
 
 _CSS = """
+.slow{color:#c00}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:960px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;

@@ -310,7 +310,7 @@ def find_snapshot(run: RunFiles, budget: str) -> SnapshotFiles:
     for snap in run.snapshots:
         if budget == snap.label:
             return snap
-    full = int(run.summary["full_macs"])
+    full = int(run.summary["full_params" if run.summary.get("unit") == "params" else "full_macs"])
     try:
         target = parse_budget(budget, full)
     except BudgetError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -46,6 +46,7 @@ class Summary(Schema):
 
     full_macs: Macs
     full_params: Count
+    unit: Literal["MACs", "params"] = "MACs"  # what each snapshot's target counts
     base_acc: Percent
     seconds: Seconds
     trace_rows: Count | None = None
@@ -75,6 +76,7 @@ class Metrics(Schema):
     acc_finetuned: Percent
     onnx_check: OnnxCheck | None = None
     speedup: dict[SpeedKey, float] = {}
+    aligned_widths: Annotated[float, Field(ge=0, le=1)] | None = None
     export_checks: dict[str, Any] = {}
 
 

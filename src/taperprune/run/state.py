@@ -28,7 +28,7 @@ REDO = "it cannot be resumed: start the run again with --overwrite"
 @dataclass
 class SnapshotResult:
     label: str
-    target: int
+    target: int  # the budget, in the run's unit (MACs, or params)
     macs: int
     params: int
     step: int
@@ -45,6 +45,12 @@ class RunResult:
     snapshots: list[SnapshotResult]
     seconds: float
     out: Path
+    unit: str = "MACs"  # what each snapshot's `target` counts: MACs or params
+
+    @property
+    def full(self) -> int:
+        """The unpruned model's count in the budgets' unit."""
+        return self.full_params if self.unit == "params" else self.full_macs
 
 
 @dataclass

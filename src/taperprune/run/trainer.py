@@ -138,17 +138,16 @@ class Trainer:
         """Plain training with a cosine LR for `steps` (resumed mid-way if saved so)."""
         if steps <= 0:
             return
-        self.opt = make_optimizer(self.cfg, model, lr)
-        self.sched = cosine(self.opt, steps)
+        self.opt = opt = make_optimizer(self.cfg, model, lr)
+        self.sched = cosine(opt, steps)
         resume = self._resuming(self.state.phase)
         start = self._restore_loop(resume) if resume is not None else 0
-        with progress(self.console) as prog:
-            task = prog.add_task(label, total=steps, completed=start, info="")
+        with progress(self.console, label, steps, start) as prog:
             for i, _ in self.loop.steps(
-                label, model, self.prep.stream, self.opt, steps, start=start, sched=self.sched
+                label, model, self.prep.stream, opt, steps, start=start, sched=self.sched
             ):
                 if i % 10 == 0 or i == steps - 1:
-                    prog.update(task, completed=i + 1)
+                    prog.update(i + 1, f"lr {opt.param_groups[0]['lr']:.4f}")
         self.opt = self.sched = None
 
     def _recalibrate(self, model: nn.Module) -> None:
