@@ -58,19 +58,23 @@ def group_widths(graph: ChannelGraph, keep: torch.Tensor) -> torch.Tensor:
 
 
 def rounded_budgets(
-    values: Sequence[float | int | str] | str, full_macs: int, minimum: float, round_to: int
+    values: Sequence[float | int | str] | str,
+    full_macs: int,
+    minimum: float,
+    round_to: int,
+    unit: str = "MACs",
 ) -> list[int]:
     """`parse_budgets`, saying that `round_to` sets the minimum where it does."""
     if round_to == 1:
-        return parse_budgets(values, full_macs, minimum)
+        return parse_budgets(values, full_macs, minimum, unit)
     items = [v for v in values.split(",") if v.strip()] if isinstance(values, str) else values
-    out = parse_budgets(items, full_macs, 0.0)
+    out = parse_budgets(items, full_macs, 0.0, unit)
     if out[-1] < minimum:
         last = str(items[-1]).strip()
         raise BudgetError(
-            f"budget {last} ({out[-1]:,} MACs) is below the least this model can reach with "
+            f"budget {last} ({out[-1]:,} {unit}) is below the least this model can reach with "
             f"round_to={round_to} (one block of {round_to} channels left in every prunable "
-            f"group): {minimum:,.0f} MACs ({minimum / full_macs:.2%} of {full_macs:,}); "
+            f"group): {minimum:,.0f} {unit} ({minimum / full_macs:.2%} of {full_macs:,}); "
             "choose a budget ≥ that or a smaller round_to"
         )
     return out

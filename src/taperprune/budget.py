@@ -10,14 +10,32 @@ from .errors import BudgetError
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
-def parse_budget(value: float | int | str, full_macs: int) -> int:
-    """One budget in MACs: a number in (0, 1) is a fraction of `full_macs`, else absolute MACs."""
-    text = str(value).strip()
+_PARAMS = re.compile(r"\s*params?$", re.IGNORECASE)
+
+
+def budget_resource(values: Sequence[float | int | str] | str) -> str:
+    """'macs' or 'params': what a list of budgets limits ('1.2Mparams', '0.5params' are
+    parameters; everything else MACs). A list mixing the two is an error."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    kinds = {"params" if _PARAMS.search(str(v).strip()) else "macs" for v in items if str(v)}
+    if len(kinds) > 1:
+        raise BudgetError(
+            f"budgets {[str(v).strip() for v in items]} mix MACs and parameters; give one "
+            "kind: all in MACs (0.5, 3.87G) or all in parameters (0.5params, 1.2Mparams)"
+        )
+    return kinds.pop() if kinds else "macs"
+
+
+def parse_budget(value: float | int | str, full_macs: int, unit: str = "MACs") -> int:
+    """One budget in `unit` (MACs, or params for '1.2Mparams'): a number in (0, 1) is a
+    fraction of `full_macs` (the model's full count), else an absolute count."""
+    text = _PARAMS.sub("", str(value).strip())
     m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(?:MACs?)?", text)
     if m is None:
         raise BudgetError(
-            f"budget {text!r} is not a number: write a fraction of the original MACs "
-            "(e.g. 0.25) or absolute MACs (e.g. 3.87G, 500M)"
+            f"budget {str(value).strip()!r} is not a number: write a fraction of the original "
+            "MACs (e.g. 0.25) or absolute MACs (e.g. 3.87G, 500M); parameters as 0.5params or "
+            "1.2Mparams"
         )
     number, suffix = float(m.group(1)), m.group(2).upper()
     if number <= 0:  # "0G" and "-0.5" included
@@ -27,36 +45,36 @@ def parse_budget(value: float | int | str, full_macs: int) -> int:
     macs = number * _SUFFIX[suffix]
     if suffix == "" and number < 1000:
         raise BudgetError(
-            f"budget {text} is neither a fraction below 1 (e.g. 0.5 for half the MACs) nor "
-            "absolute MACs (e.g. 3.87G or 500M); fractions must be in (0, 1)"
+            f"budget {text} is neither a fraction below 1 (e.g. 0.5 for half the {unit}) nor "
+            f"absolute {unit} (e.g. 3.87G or 500M); fractions must be in (0, 1)"
         )
     if macs >= full_macs:
         raise BudgetError(
-            f"budget {text} ({macs:,.0f} MACs) is not below the model's {full_macs:,} MACs; "
-            "give a smaller budget"
+            f"budget {text} ({macs:,.0f} {unit}) is not below the model's {full_macs:,} "
+            f"{unit}; give a smaller budget"
         )
     return int(round(macs))
 
 
 def parse_budgets(
-    values: Sequence[float | int | str] | str, full_macs: int, minimum: float
+    values: Sequence[float | int | str] | str, full_macs: int, minimum: float, unit: str = "MACs"
 ) -> list[int]:
-    """A strictly decreasing list of budgets in MACs, each reachable (≥ `minimum`)."""
+    """A strictly decreasing list of budgets in `unit`, each reachable (≥ `minimum`)."""
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
     if not values:
         raise BudgetError("give at least one budget, e.g. --budgets 0.5,0.25")
-    out = [parse_budget(v, full_macs) for v in values]
+    out = [parse_budget(v, full_macs, unit) for v in values]
     for a, b in zip(out, out[1:], strict=False):
         if b >= a:
             raise BudgetError(
                 f"budgets must be strictly decreasing, got {list(values)} "
-                f"({a:,} then {b:,} MACs); list them from largest to smallest"
+                f"({a:,} then {b:,} {unit}); list them from largest to smallest"
             )
     if out[-1] < minimum:
         raise BudgetError(
-            f"budget {values[-1]} ({out[-1]:,} MACs) is below the least this model can reach "
-            f"with one channel left in every prunable group: {minimum:,.0f} MACs "
+            f"budget {values[-1]} ({out[-1]:,} {unit}) is below the least this model can reach "
+            f"with one channel left in every prunable group: {minimum:,.0f} {unit} "
             f"({minimum / full_macs:.2%} of {full_macs:,}); choose a budget ≥ that"
         )
     return out

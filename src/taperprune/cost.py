@@ -83,9 +83,31 @@ def _entries(
     return uniq // (n + 1), uniq % (n + 1), counts.double()
 
 
+@dataclass(frozen=True)
+class Term:
+    """One bilinear part of a cost: coeff · (live inputs) · (live outputs) per conv group."""
+
+    name: str
+    in_units: torch.Tensor  # (C_in,) long, FIXED where not prunable
+    out_units: torch.Tensor
+    groups: int
+    per_pair: float
+
+
 def build_cost_model(graph: ChannelGraph) -> CostModel:
-    """Index every counted layer of `graph` into blocks, once."""
-    n = graph.num_units
+    """The MAC model: every counted layer of `graph` indexed into blocks, once."""
+    return assemble(
+        graph.num_units,
+        [
+            Term(name, lay.in_units, lay.out_units, lay.conv_groups, lay.macs_per_pair)
+            for name, lay in graph.layers.items()
+            if lay.kind != "norm" and lay.macs_per_pair != 0
+        ],
+    )
+
+
+def assemble(n: int, terms: list[Term]) -> CostModel:
+    """A cost model of `n` units from bilinear terms (a linear term has a FIXED input)."""
     coeff: list[torch.Tensor] = []
     block_layer: list[torch.Tensor] = []
     names: list[str] = []
@@ -94,14 +116,12 @@ def build_cost_model(graph: ChannelGraph) -> CostModel:
     outs: list[Entries] = []
     both: list[Entries] = []
     block0 = 0
-    for name, lay in graph.layers.items():
-        if lay.kind == "norm" or lay.macs_per_pair == 0:
-            continue
+    for term in terms:
         li = len(names)
-        names.append(name)
-        g = lay.conv_groups
-        ib, iu, ic = _entries(lay.in_units, g, block0, n)
-        ob, ou, oc = _entries(lay.out_units, g, block0, n)
+        names.append(term.name)
+        g = term.groups
+        ib, iu, ic = _entries(term.in_units, g, block0, n)
+        ob, ou, oc = _entries(term.out_units, g, block0, n)
         ins.append((ib, iu, ic))
         outs.append((ob, ou, oc))
         # A unit on both sides of a block (depthwise convs, a conv inside a residual
@@ -111,7 +131,7 @@ def build_cost_model(graph: ChannelGraph) -> CostModel:
         common, ia, oa = _intersect(ik, ok)
         keep = (common % (n + 1)) != n
         both.append((common[keep] // (n + 1), common[keep] % (n + 1), (ic[ia] * oc[oa])[keep]))
-        coeff.append(torch.full((g,), float(lay.macs_per_pair), dtype=torch.float64))
+        coeff.append(torch.full((g,), float(term.per_pair), dtype=torch.float64))
         block_layer.append(torch.full((g,), li, dtype=torch.long))
         block0 += g
 

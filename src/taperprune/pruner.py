@@ -28,10 +28,11 @@ from torch import nn
 from . import schedule as sched
 from .blocks import block_units, rounded_budgets
 from .constraint import group_interactions, minimum_macs, solve_budget
-from .cost import build_cost_model, layer_macs, macs_and_marginals
+from .cost import layer_macs, macs_and_marginals
 from .errors import TaperpruneError
 from .graph import FIXED, ChannelGraph, build_graph
 from .masks import ChannelMasks
+from .param_cost import budget_cost
 from .scores import bn_gamma_scores, corrected_scores, update_scores
 from .settings import PrunerConfig
 from .snapshot_map import SnapshotMap
@@ -76,16 +77,17 @@ def check_budgets(
     graph: ChannelGraph | None = None,
     round_to: int = 1,
 ) -> list[int]:
-    """Validate budgets, `round_to` and the surgery before any training: MACs, or why not.
+    """Validate budgets, `round_to` and the surgery before any training: the budgets in
+    MACs (in parameters for '1.2Mparams'), or why not.
 
     `graph`: the model's channel graph when the caller has built it already.
     """
     graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
     blocks = block_units(graph, round_to)
-    cost = build_cost_model(graph)
+    unit, cost = budget_cost(graph, model, budgets)
     check_surgery(model, graph)
     least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
-    return rounded_budgets(budgets, cost.full_macs, least, round_to)
+    return rounded_budgets(budgets, cost.full_macs, least, round_to, unit)
 
 
 class TaperPruner:
@@ -121,14 +123,18 @@ class TaperPruner:
         self.graph = (
             graph if graph is not None else build_graph(model, example_input, exclude=exclude)
         )
-        self.cost = build_cost_model(self.graph)
+        # Budgets like '1.2Mparams' count parameters: then every "macs" of the pruner (full,
+        # now, per snapshot, in the trace) counts parameters, the resource being budgeted.
+        self.unit, self.cost = budget_cost(self.graph, model, budgets)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
         # `round_to` is an error only where no group is wider (see blocks.py).
         self.block_units = block_units(self.graph, config.round_to)
         self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups, self.block_units)
-        self.budgets = rounded_budgets(budgets, self.full_macs, self.min_macs, config.round_to)
+        self.budgets = rounded_budgets(
+            budgets, self.full_macs, self.min_macs, config.round_to, self.unit
+        )
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
         if check:  # before any training: fail now, not at a snapshot
             check_surgery(model, self.graph)
