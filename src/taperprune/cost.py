@@ -197,19 +197,27 @@ def layer_macs(cm: CostModel, masks: torch.Tensor) -> dict[str, int]:
     return {n: int(round(float(v))) for n, v in zip(cm.layer_names, per, strict=True)}
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """MACs per sample of `model` by this module's convention, measured with forward hooks."""
-    total = 0
+def hooked_macs(
+    model: nn.Module, example_input: torch.Tensor
+) -> dict[str, tuple[nn.Module, tuple[int, ...], int]]:
+    """Per counted layer, in call order: (module, output shape, MACs per sample), measured
+    with forward hooks (a layer called twice counts twice)."""
+    names = {m: n for n, m in model.named_modules()}
+    batch = int(example_input.shape[0])
+    found: dict[str, tuple[nn.Module, tuple[int, ...], int]] = {}
 
-    def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
-        nonlocal total
+    def hook(mod: nn.Module, _inp: object, out: object) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
         if isinstance(mod, nn.Linear):
-            total += out.numel() * mod.in_features
+            n = out.numel() * mod.in_features
         else:
             k = 1
             for s in mod.kernel_size:  # type: ignore[union-attr]
                 k *= int(s)
-            total += out.numel() * k * int(mod.in_channels // mod.groups)  # type: ignore[operator]
+            n = out.numel() * k * int(mod.in_channels // mod.groups)  # type: ignore[operator]
+        shape, total = found[names[mod]][1:] if names[mod] in found else (out.shape[1:], 0)
+        found[names[mod]] = (mod, tuple(shape), total + n // batch)
 
     counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
@@ -222,7 +230,12 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return total // int(example_input.shape[0])
+    return found
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """MACs per sample of `model` by this module's convention, measured with forward hooks."""
+    return sum(macs for _, _, macs in hooked_macs(model, example_input).values())
 
 
 def count_params(model: nn.Module) -> int:

@@ -16,12 +16,11 @@ from torch import nn
 from .blocks import block_units
 from .budget import parse_budget, parse_budgets
 from .constraint import minimum_macs
-from .cost import build_cost_model, count_params, layer_macs
+from .cost import build_cost_model, count_params, hooked_macs, layer_macs
 from .errors import BudgetError, GraphError, ModelError
 from .graph import FIXED, ChannelGraph, UnmaskableLayerError, build_graph
 from .param_cost import budget_cost
 from .surgery import check_surgery
-from .trace import COUNTED_TYPES
 
 _SPECIAL = re.compile(r"[*?\[\]]")
 
@@ -105,39 +104,9 @@ def _channels_of(m: nn.Module) -> tuple[int, int]:
 
 def hook_layer_macs(model: nn.Module, example: torch.Tensor) -> list[LayerRow]:
     """Per-layer MACs by forward hooks, `count_macs`'s convention, in call order."""
-    names = {m: n for n, m in model.named_modules()}
-    found: dict[str, tuple[nn.Module, tuple[int, ...], int]] = {}
-
-    def hook(mod: nn.Module, _inp: object, out: object) -> None:
-        if not isinstance(out, torch.Tensor):
-            return
-        per_out = out.numel() // int(example.shape[0])
-        if isinstance(mod, nn.Linear):
-            n = per_out * mod.in_features
-        else:
-            k = 1
-            for s in mod.kernel_size:  # type: ignore[union-attr]
-                k *= int(s)
-            n = per_out * k * int(mod.in_channels // mod.groups)  # type: ignore[operator]
-        name = names[mod]
-        shape, total = found[name][1:] if name in found else (tuple(out.shape[1:]), 0)
-        found[name] = (mod, shape, total + n)
-
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COUNTED_TYPES)
-    ]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
     return [
         LayerRow(n, type(m).__name__, _channels_of(m), s, t, "unknown")
-        for n, (m, s, t) in found.items()
+        for n, (m, s, t) in hooked_macs(model, example).items()
     ]
 
 
