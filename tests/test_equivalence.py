@@ -12,6 +12,7 @@ from taperprune.cost import build_cost_model, count_macs, layer_macs, macs, macs
 from taperprune.graph import FIXED, build_graph
 from taperprune.masks import ChannelMasks, _MaskedForward
 from taperprune.models import alexnet_bvlc, demo_cnn, resnet20
+from taperprune.small_nets import mobilenet_small, vgg_small
 from taperprune.surgery import remove_masked
 
 
@@ -77,6 +78,8 @@ def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
 CASES = {
     "demo_cnn": (lambda: demo_cnn(), (1, 28, 28)),
     "resnet20": (lambda: resnet20(), (3, 32, 32)),
+    "mobilenet_small": (lambda: mobilenet_small(), (3, 32, 32)),
+    "vgg_small": (lambda: vgg_small(), (3, 32, 32)),
     "residual_concat": (ResidualConcatNet, (3, 8, 8)),
     "alexnet_bvlc_grouped": (lambda: alexnet_bvlc(num_classes=10), (3, 227, 227)),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 64, 64)),

@@ -33,7 +33,10 @@ def bench(
         str, typer.Option(help="Bench directory (results.csv, table.md, pareto.png).")
     ] = "runs/bench",
     nets: Annotated[
-        str, typer.Option(help="Nets, comma-separated: name or name:key=value.")
+        str,
+        typer.Option(
+            help="Nets, comma-separated: name, name:key=value, or path/file.py:function[:k=v]."
+        ),
     ] = "demo_cnn,resnet20",
     data: Annotated[str, typer.Option(help="Data spec (as for prune).")] = "fashion-mnist",
     budgets: Annotated[

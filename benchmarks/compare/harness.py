@@ -249,7 +249,8 @@ class Bench:
         ft_steps = int(cfg.finetune_epochs * self.per_epoch)  # the steps view changes it
         rows = []
         for budget, snap in zip(budgets, result.snapshots, strict=True):
-            small = load(out / "snapshots" / snap.label)
+            # The net's own builder (a --nets file is the user's explicit choice to run it).
+            small = load(out / "snapshots" / snap.label, model=build_model(net.name, **net.kwargs))
             rows.append(
                 self._row(
                     net,

@@ -38,8 +38,16 @@ FIELDS = (
 
 
 def parse_net(spec: str) -> tuple[str, dict[str, Any]]:
-    """'demo_cnn:width=8' → ('demo_cnn', {'width': 8})."""
-    name, _, rest = spec.partition(":")
+    """'demo_cnn:width=8' → ('demo_cnn', {'width': 8}); 'nets/my.py:build:width=8' →
+    ('nets/my.py:build', {'width': 8}) (a file's builder is the name up to its function)."""
+    if ".py:" in spec:
+        path, _, tail = spec.partition(".py:")
+        function, _, rest = tail.partition(":")
+        if not function:
+            raise TaperpruneError(f"net {spec!r}: expected path/file.py:function[:key=value,…]")
+        name = f"{path}.py:{function}"
+    else:
+        name, _, rest = spec.partition(":")
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -56,6 +64,11 @@ def parse_net(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def net_dir(spec: str) -> str:
+    """A directory name for a net: 'demo_cnn:width=8' → 'demo_cnn_width8'; a file's path
+    is reduced to its file name ('nets/my.py:build' → 'my.py_build')."""
+    if ".py:" in spec:
+        path, _, tail = spec.partition(".py:")
+        spec = f"{Path(path).name}.py:{tail}"
     return spec.replace(":", "_").replace("=", "").replace(",", "_")
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, TaperpruneError
+from .small_nets import mobilenet_small, vgg_small
 
 
 class UntrustedModelFile(ModelError):
@@ -155,11 +156,15 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "demo_cnn": demo_cnn,
     "resnet20": resnet20,
     "alexnet_bvlc": alexnet_bvlc,
+    "mobilenet_small": mobilenet_small,
+    "vgg_small": vgg_small,
 }
 DEFAULT_INPUT: dict[str, tuple[int, int, int]] = {
     "demo_cnn": (1, 28, 28),
     "resnet20": (3, 32, 32),
     "alexnet_bvlc": (3, 227, 227),
+    "mobilenet_small": (3, 32, 32),
+    "vgg_small": (3, 32, 32),
 }
 
 

@@ -245,3 +245,34 @@ def test_given_weights_are_every_methods_start(quick, tmp_path: Path, monkeypatc
         assert torch.equal(bench_mod.load_weights(net.weights)[key], value)
     with pytest.raises(TaperpruneError, match="do not fit"):  # another net, same weights
         Bench(dataclasses.replace(cfg, out=str(tmp_path / "w"))).pretrained("demo_cnn:width=8", 0)
+
+
+def test_nets_from_a_file_run_in_quick_mode(tmp_path: Path):
+    """`--nets path/file.py:function[:key=value]`: the builder is imported and benched."""
+    f = tmp_path / "mine.py"
+    f.write_text(
+        "from taperprune.models import demo_cnn\n"
+        "def build(num_classes=10, in_channels=1, width=8):\n"
+        "    return demo_cnn(num_classes, in_channels, width)\n"
+    )
+    spec = f"{f}:build:width=4"
+    assert parse_net(spec) == (f"{f}:build", {"width": 4})
+    with pytest.raises(TaperpruneError, match="file.py:function"):
+        parse_net(f"{f}:")
+    cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path / "b"), nets=(spec,)))
+    cfg = dataclasses.replace(cfg, views=("per-budget",), methods=("taperprune", "uniform_width"))
+    rows = Bench(cfg).run()
+    assert {r["net"] for r in rows} == {spec}
+    assert {r["method"] for r in rows} == {"taperprune", "uniform_width"}
+    assert all(r["macs"] <= r["target_macs"] for r in rows)
+    assert (tmp_path / "b" / "pretrained" / "mine.py_build_width4" / "seed0").is_dir()
+
+
+@pytest.mark.parametrize("name", ["mobilenet_small", "vgg_small"])
+def test_the_new_built_in_nets(name: str):
+    model = build_model(name, num_classes=10, in_channels=3)
+    macs = count_macs(model, torch.zeros(1, 3, 32, 32))
+    assert macs >= (20_000_000 if name == "vgg_small" else 5_000_000)
+    assert any(
+        isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1 for m in model.modules()
+    ) == (name == "mobilenet_small")
