@@ -58,14 +58,14 @@ def mobilenet_small(num_classes: int = 10, in_channels: int = 3, width: int = 16
 def vgg_small(num_classes: int = 10, in_channels: int = 3, width: int = 32) -> nn.Module:
     """A VGG-11-BN-style net at half width for 32x32 inputs: eight 3x3 conv + BN layers,
     32-64-128-128-256-256-256-256 channels (× width/32); 38.6 M MACs at width 32."""
-    plan = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
+    plan = [1, 0, 2, 0, 4, 4, 0, 8, 8, 0, 8, 8, 0]  # channels ÷ width; 0: a 2x2 max-pool
     layers: list[nn.Module] = []
     cin = in_channels
     for item in plan:
-        if item == "M":
+        if item == 0:
             layers.append(nn.MaxPool2d(2))
             continue
-        cout = width * int(item)
+        cout = width * item
         layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import DataError
+from .synthetic import synthetic_sets
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
@@ -291,35 +292,6 @@ def _imagefolder(
     return train, val, len(train.classes), (3, size, size)
 
 
-def _synthetic(
-    arg: str | None, seed: int, shape: tuple[int, int, int] | None
-) -> tuple[TensorDataset, TensorDataset, int, tuple[int, int, int]]:
-    default = "x".join(map(str, shape or (1, 28, 28)))
-    shape_s, _, k_s = (arg or f"{default}:10").partition(":")
-    shape_s = shape_s or default
-    try:
-        c, h, w = (int(v) for v in shape_s.lower().split("x"))
-        k = int(k_s or 10)
-    except ValueError:
-        raise DataError(
-            f"synthetic spec {arg!r} is not CxHxW:K, e.g. synthetic:3x32x32:10"
-        ) from None
-    if min(c, h, w) < 1 or k < 1:
-        raise DataError(
-            f"synthetic spec {arg!r}: channels, height, width and classes must be ≥ 1, "
-            "e.g. synthetic:3x32x32:10"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    templates = torch.randn(k, c, h, w, generator=gen)
-
-    def make(n: int) -> TensorDataset:
-        y = torch.randint(0, k, (n,), generator=gen)
-        x = templates[y] + 1.5 * torch.randn(n, c, h, w, generator=gen)
-        return TensorDataset(x, y)
-
-    return make(2048), make(512), k, (c, h, w)
-
-
 def _crop_from_input(shape: tuple[int, int, int], image_size: int | None) -> int:
     """imagefolder's crop size from --input (3xSxS); it must agree with --image-size."""
     c, h, w = shape
@@ -371,7 +343,7 @@ def load_data(
     elif kind == "imagefolder":
         train, test, k, shape = _imagefolder(Path(arg or ""), image_size or 224, skip_bad_images)
     else:
-        train, test, k, shape = _synthetic(arg, seed, input_shape)
+        train, test, k, shape = synthetic_sets(arg, seed, input_shape)
     if input_shape is not None and tuple(input_shape) != shape:
         given = "x".join(map(str, input_shape))
         raise DataError(
