@@ -39,9 +39,10 @@ def aligned_share(widths: dict[str, int]) -> float | None:
 def slowdown_reason(aligned: float | None) -> str:
     """Why a pruned model may run slower than the unpruned one (shown beside a slowdown)."""
     if aligned is not None and aligned < 1:
+        share = "none" if aligned == 0 else f"only {aligned:.0%}"
         return (
-            f"because only {aligned:.0%} of the pruned widths are multiples of {ALIGN}, "
-            f"which the runtime's kernels favour: try --round-to {ALIGN}"
+            f"because {share} of the pruned widths are multiples of {ALIGN}, which the "
+            f"runtime's kernels favour: try --round-to {ALIGN}"
         )
     return "because the runtime's fixed per-layer costs outweigh the MACs saved at this size"
 
