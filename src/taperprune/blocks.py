@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .budget import parse_budgets
+from .budget import amount, parse_budgets
 from .errors import BudgetError, GraphError, TaperpruneError
 from .graph import ChannelGraph
 
@@ -72,9 +72,10 @@ def rounded_budgets(
     if out[-1] < minimum:
         last = str(items[-1]).strip()
         raise BudgetError(
-            f"budget {last} ({out[-1]:,} {unit}) is below the least this model can reach with "
-            f"round_to={round_to} (one block of {round_to} channels left in every prunable "
-            f"group): {minimum:,.0f} {unit} ({minimum / full_macs:.2%} of {full_macs:,}); "
+            f"budget {last} ({amount(out[-1], unit)}) is below the least this model can reach "
+            f"with round_to={round_to} (one block of {round_to} channels left in every prunable "
+            f"group): {amount(minimum, unit)} ({minimum / full_macs:.2%} of "
+            f"{amount(full_macs, unit)}); "
             "choose a budget ≥ that or a smaller round_to"
         )
     return out

@@ -1,4 +1,9 @@
-"""Budgets as users write them: fractions of the original MACs, or absolute MACs ("3.87G")."""
+"""Budgets as users write them: fractions of the original MACs, or absolute MACs ("3.87G");
+parameters ("0.5params", "1.2Mparams"); measured latency ("3.5ms", "800us", "0.5latency").
+
+A latency budget is held in integer nanoseconds (like MACs, an integer the λ solve meets
+from below); `amount` writes any budget back in its own unit.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,76 @@ _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 _PARAMS = re.compile(r"\s*params?$", re.IGNORECASE)
+_LATENCY = re.compile(r"\s*(ms|us|µs|latency)$", re.IGNORECASE)
+_NS = {"ms": 1e6, "us": 1e3, "µs": 1e3}
+NS = "ns"  # the unit of a latency budget inside the pruner
+_NAMES = {"macs": "MACs", "params": "parameters", "latency": "latency"}
+
+
+def _kind(value: object) -> str:
+    text = str(value).strip()
+    if _PARAMS.search(text):
+        return "params"
+    return "latency" if _LATENCY.search(text) else "macs"
 
 
 def budget_resource(values: Sequence[float | int | str] | str) -> str:
-    """'macs' or 'params': what a list of budgets limits ('1.2Mparams', '0.5params' are
-    parameters; everything else MACs). A list mixing the two is an error."""
+    """'macs', 'params' or 'latency': what a list of budgets limits ('1.2Mparams',
+    '0.5params' are parameters; '3.5ms', '800us', '0.5latency' latency; everything else
+    MACs). A list mixing kinds is an error."""
     items = values.split(",") if isinstance(values, str) else list(values)
-    kinds = {"params" if _PARAMS.search(str(v).strip()) else "macs" for v in items if str(v)}
+    kinds = {_kind(v) for v in items if str(v).strip()}
     if len(kinds) > 1:
         raise BudgetError(
-            f"budgets {[str(v).strip() for v in items]} mix MACs and parameters; give one "
-            "kind: all in MACs (0.5, 3.87G) or all in parameters (0.5params, 1.2Mparams)"
+            f"budgets {[str(v).strip() for v in items]} mix "
+            f"{' and '.join(n for k, n in _NAMES.items() if k in kinds)}; "
+            "give one kind: all in MACs (0.5, 3.87G), all in parameters (0.5params, "
+            "1.2Mparams) or all in latency (3.5ms, 800us, 0.5latency)"
         )
     return kinds.pop() if kinds else "macs"
 
 
+def amount(value: float, unit: str) -> str:
+    """A budget in its unit: '3.87G MACs', '1,200,000 params', '3.5 ms'."""
+    if unit == NS:
+        return f"{value / 1e6:.4g} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def _parse_latency(text: str, full_ns: int) -> int:
+    m = re.fullmatch(
+        r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|latency)", text, re.IGNORECASE
+    )
+    if m is None:
+        raise BudgetError(
+            f"latency budget {text!r} is not a number: write milliseconds (3.5ms), "
+            "microseconds (800us) or a fraction of the model's latency (0.5latency)"
+        )
+    number, suffix = float(m.group(1)), m.group(2).lower()
+    if number <= 0:
+        raise BudgetError(f"budget {text} must be > 0")
+    if suffix == "latency":
+        if number >= 1:
+            raise BudgetError(f"budget {text}: a fraction of the latency must be in (0, 1)")
+        return int(round(number * full_ns))
+    ns = number * _NS[suffix]
+    if ns >= full_ns:
+        raise BudgetError(
+            f"budget {text} is not below the model's measured latency {amount(full_ns, NS)}; "
+            "give a smaller budget"
+        )
+    return int(round(ns))
+
+
 def parse_budget(value: float | int | str, full_macs: int, unit: str = "MACs") -> int:
-    """One budget in `unit` (MACs, or params for '1.2Mparams'): a number in (0, 1) is a
-    fraction of `full_macs` (the model's full count), else an absolute count."""
+    """One budget in `unit` (MACs; params for '1.2Mparams'; ns for '3.5ms'): a number in
+    (0, 1) is a fraction of `full_macs` (the model's full count), else an absolute count."""
+    if _kind(value) == "latency":
+        if unit != NS:
+            raise BudgetError(
+                f"budget {str(value).strip()!r} is a latency; this list counts {unit}"
+            )
+        return _parse_latency(str(value).strip(), full_macs)
     text = _PARAMS.sub("", str(value).strip())
     m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)(?:MACs?)?", text)
     if m is None:
@@ -69,13 +126,13 @@ def parse_budgets(
         if b >= a:
             raise BudgetError(
                 f"budgets must be strictly decreasing, got {list(values)} "
-                f"({a:,} then {b:,} {unit}); list them from largest to smallest"
+                f"({amount(a, unit)} then {amount(b, unit)}); list them from largest to smallest"
             )
     if out[-1] < minimum:
         raise BudgetError(
-            f"budget {values[-1]} ({out[-1]:,} {unit}) is below the least this model can reach "
-            f"with one channel left in every prunable group: {minimum:,.0f} {unit} "
-            f"({minimum / full_macs:.2%} of {full_macs:,}); choose a budget ≥ that"
+            f"budget {values[-1]} ({amount(out[-1], unit)}) is below the least this model can "
+            f"reach with one channel left in every prunable group: {amount(minimum, unit)} "
+            f"({minimum / full_macs:.2%} of {amount(full_macs, unit)}); choose a budget ≥ that"
         )
     return out
 

@@ -17,10 +17,12 @@ order is then over blocks (ties: lower group first), batched the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .cost import CostModel, macs_and_marginals
+if TYPE_CHECKING:
+    from .resource import Resource
 
 INF = float("inf")
 
@@ -50,8 +52,9 @@ class _Price:
         return base if self.power == 1.0 else base**self.power
 
 
-def group_interactions(cm: CostModel, unit_group: torch.Tensor, num_groups: int) -> torch.Tensor:
+def group_interactions(cm: Resource, unit_group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """(G, G) bool: removing a unit of group i can change the marginal cost of a unit of j."""
+    cm = cm.incidence
     n = cm.num_units
     nb = len(cm.coeff)
     ext_group = torch.cat([unit_group, torch.tensor([num_groups])])  # constant unit -> dummy
@@ -102,7 +105,7 @@ def _conflict_free(g: torch.Tensor, interactions: torch.Tensor) -> int:
 
 
 def solve_budget(
-    cm: CostModel,
+    cm: Resource,
     scores: torch.Tensor,
     keep: torch.Tensor,
     budget: float,
@@ -134,7 +137,7 @@ def solve_budget(
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
     s = scores.to(torch.float64)
-    total, d = marginals if marginals is not None else macs_and_marginals(cm, keep)
+    total, d = marginals if marginals is not None else cm.total_and_marginals(keep)
     lam, removed = 0.0, 0
     window = 128  # only the lowest ratios are sorted; grows when a step needs more
     while total > budget:
@@ -167,7 +170,7 @@ def solve_budget(
         keep[batch[:take]] = False
         lam = float(ratio[take - 1])
         removed += take
-        total, d = macs_and_marginals(cm, keep)
+        total, d = cm.total_and_marginals(keep)
     return Solution(keep, total, lam, removed, feasible=True, marginals=d)
 
 
@@ -240,7 +243,7 @@ def _chain_order(blocks: _Blocks) -> torch.Tensor:
 
 
 def _solve_blocks(
-    cm: CostModel,
+    cm: Resource,
     scores: torch.Tensor,
     keep: torch.Tensor,
     budget: float,
@@ -253,7 +256,7 @@ def _solve_blocks(
     """`solve_budget` with blocks: remove the block of least summed s / summed price."""
     keep = keep.clone().bool()
     s = scores.to(torch.float64)
-    total, d = marginals if marginals is not None else macs_and_marginals(cm, keep)
+    total, d = marginals if marginals is not None else cm.total_and_marginals(keep)
     lam, removed = 0.0, 0
     ranked = torch.argsort(s, stable=True)
     ranked = ranked[torch.argsort(unit_group[ranked], stable=True)]
@@ -274,12 +277,12 @@ def _solve_blocks(
         keep[blocks.units[gone[blocks.block]]] = False
         lam = float(blocks.ratio[batch[take - 1]])
         removed += int(blocks.size[batch[:take]].sum())
-        total, d = macs_and_marginals(cm, keep)
+        total, d = cm.total_and_marginals(keep)
     return Solution(keep, total, lam, removed, feasible=True, marginals=d)
 
 
 def minimum_macs(
-    cm: CostModel,
+    cm: Resource,
     unit_group: torch.Tensor,
     num_groups: int,
     block_units: torch.Tensor | None = None,
@@ -290,5 +293,5 @@ def minimum_macs(
     """
     blocks = torch.ones(num_groups, dtype=torch.long) if block_units is None else block_units
     keep = _rank_within(unit_group) < blocks[unit_group]
-    total, _ = macs_and_marginals(cm, keep)
+    total, _ = cm.total_and_marginals(keep)
     return total

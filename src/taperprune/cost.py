@@ -61,6 +61,18 @@ class CostModel:
     def full_macs(self) -> int:
         return int(round(float(macs(self, torch.ones(self.num_units, dtype=torch.float64)))))
 
+    # The interface of a budgeted resource, shared with `latency_model.LatencyModel`.
+    @property
+    def incidence(self) -> CostModel:
+        """Which units meet in which layer (for a MAC or parameter model: itself)."""
+        return self
+
+    def total_and_marginals(self, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+        return macs_and_marginals(self, masks)
+
+    def per_layer(self, masks: torch.Tensor) -> dict[str, int]:
+        return layer_macs(self, masks)
+
 
 def _csr(
     rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]

@@ -9,13 +9,10 @@ constant unit), and every other parameter of the model is a constant term.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from .budget import budget_resource
-from .cost import CostModel, Term, assemble, build_cost_model
+from .cost import CostModel, Term, assemble
 from .graph import FIXED, ChannelGraph
 
 _ONE = torch.tensor([FIXED])  # the constant "always kept" unit: a linear term's input
@@ -49,13 +46,4 @@ def build_param_model(graph: ChannelGraph, model: nn.Module) -> CostModel:
     return assemble(graph.num_units, terms)
 
 
-def budget_cost(
-    graph: ChannelGraph, model: nn.Module, budgets: Sequence[float | int | str] | str
-) -> tuple[str, CostModel]:
-    """('MACs', the MAC model) or, for budgets like '1.2Mparams', ('params', P(m))."""
-    if budget_resource(budgets) == "params":
-        return "params", build_param_model(graph, model)
-    return "MACs", build_cost_model(graph)
-
-
-__all__ = ["budget_cost", "build_param_model"]
+__all__ = ["build_param_model"]

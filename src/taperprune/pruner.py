@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +28,13 @@ from torch import nn
 
 from . import schedule as sched
 from .blocks import block_units, rounded_budgets
+from .budget import NS, amount
 from .constraint import group_interactions, minimum_macs, solve_budget
-from .cost import layer_macs, macs_and_marginals
 from .errors import TaperpruneError
 from .graph import FIXED, ChannelGraph, build_graph
+from .latency_table import LatencySettings, Meter, RuntimeMeter
 from .masks import ChannelMasks
-from .param_cost import budget_cost
+from .resource import budget_cost
 from .scores import bn_gamma_scores, corrected_scores, update_scores
 from .settings import PrunerConfig
 from .snapshot_map import SnapshotMap
@@ -66,6 +68,17 @@ class Snapshot:
     keep: torch.Tensor  # (N,) bool
     model: nn.Module | None  # physically pruned copy (None when restored from a state)
     widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
+    measured: int | None = None  # latency budgets: the snapshot's measured ns (`macs`: modelled)
+
+
+# A latency snapshot is accepted when its measured latency is at most the budget times this;
+# otherwise the pruner aims lower and prunes on, at most MAX_LATENCY_RETRIES times.
+LATENCY_SLACK = 1.05
+MAX_LATENCY_RETRIES = 5
+
+
+def latency_settings(config: PrunerConfig) -> LatencySettings:
+    return LatencySettings(config.latency_runtime, config.latency_batch, config.latency_threads)
 
 
 def check_budgets(
@@ -76,15 +89,20 @@ def check_budgets(
     exclude: Sequence[str] = (),
     graph: ChannelGraph | None = None,
     round_to: int = 1,
+    latency: LatencySettings | None = None,
+    meter: Meter | None = None,
 ) -> list[int]:
     """Validate budgets, `round_to` and the surgery before any training: the budgets in
-    MACs (in parameters for '1.2Mparams'), or why not.
+    MACs (in parameters for '1.2Mparams', in ns for '3.5ms': then the latency model is
+    measured now, and cached for the pruner), or why not.
 
     `graph`: the model's channel graph when the caller has built it already.
     """
     graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
     blocks = block_units(graph, round_to)
-    unit, cost = budget_cost(graph, model, budgets)
+    unit, cost = budget_cost(
+        graph, model, budgets, example_input=example_input, latency=latency, meter=meter
+    )
     check_surgery(model, graph)
     least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
     return rounded_budgets(budgets, cost.full_macs, least, round_to, unit)
@@ -108,10 +126,16 @@ class TaperPruner:
         keep_snapshot_models: bool = True,
         check: bool = True,
         graph: ChannelGraph | None = None,
+        latency_meter: Meter | None = None,
+        latency_cache: Path | bool | None = True,
     ) -> None:
         """`check=False` skips the trial removals (`check_surgery`) already run on this model;
         `graph` is the model's channel graph when the caller has built it (with `exclude`).
-        A `config.round_to` that leaves no group wider than one block raises TaperpruneError."""
+        A `config.round_to` that leaves no group wider than one block raises TaperpruneError.
+
+        Latency budgets ('3.5ms', '0.5latency') measure the latency model on this machine
+        with `config.latency_*` (cached in `latency_cache`: True for the default folder), and
+        each snapshot's real latency with `latency_meter` (the runtime by default)."""
         self.model = model
         config = config or PrunerConfig()
         # Shortcuts for the schedule settings most users change.
@@ -125,7 +149,19 @@ class TaperPruner:
         )
         # Budgets like '1.2Mparams' count parameters: then every "macs" of the pruner (full,
         # now, per snapshot, in the trace) counts parameters, the resource being budgeted.
-        self.unit, self.cost = budget_cost(self.graph, model, budgets)
+        settings = latency_settings(config)
+        self.unit, self.cost = budget_cost(
+            self.graph,
+            model,
+            budgets,
+            example_input=example_input,
+            latency=settings,
+            meter=latency_meter,
+            cache=latency_cache,
+        )
+        self.meter: Meter | None = None
+        if self.unit == NS:
+            self.meter = latency_meter if latency_meter is not None else RuntimeMeter(settings)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
@@ -135,6 +171,11 @@ class TaperPruner:
         self.budgets = rounded_budgets(
             budgets, self.full_macs, self.min_macs, config.round_to, self.unit
         )
+        # What the solve aims at for each budget: the budget itself, lower where a latency
+        # snapshot measured above budget × LATENCY_SLACK (then `notes` says so).
+        self.goals: list[float] = [float(b) for b in self.budgets]
+        self.notes: list[str] = []
+        self._retries = 0
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
         if check:  # before any training: fail now, not at a snapshot
             check_surgery(model, self.graph)
@@ -158,7 +199,7 @@ class TaperPruner:
         self._static_price: torch.Tensor | None = None
         if config.price == "static":
             full = torch.ones(self.graph.num_units, dtype=torch.bool)
-            self._static_price = macs_and_marginals(self.cost, full)[1]
+            self._static_price = self.cost.total_and_marginals(full)[1]
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -186,7 +227,8 @@ class TaperPruner:
         return self._ref_sum / self._ref_count if self._ref_count else math.nan
 
     def layer_macs(self) -> dict[str, int]:
-        return layer_macs(self.cost, self.masks.keep)
+        """Per-layer MACs (parameters, ns of latency tables) of the masked network now."""
+        return self.cost.per_layer(self.masks.keep)
 
     def widths(self, keep: torch.Tensor | None = None) -> dict[str, int]:
         """Output channels left in every conv/linear layer."""
@@ -229,7 +271,7 @@ class TaperPruner:
             self._ref_count += 1
             return self._record("warmup", loss_v, 0)
 
-        target = self.budgets[self._next]
+        target = self.goals[self._next]
         self.taper = sched.advance(
             self.config.schedule,
             self.taper,
@@ -239,7 +281,11 @@ class TaperPruner:
             ref_loss=self.ref_loss,
             targets=tuple(float(b) for b in self.budgets),
         )
-        budget = max(self.taper.budget, float(target))
+        # Once the taper reaches a budget the solve aims at its goal: lower than the budget
+        # (by one more step) where its latency snapshot measured too slow.
+        budget = max(self.taper.budget, float(self.budgets[self._next]))
+        if budget <= self.budgets[self._next]:
+            budget = target
         self.taper = replace(self.taper, budget=budget)
         sol = solve_budget(
             self.cost,
@@ -261,8 +307,9 @@ class TaperPruner:
             self._macs = sol.macs
             self._live = int(sol.keep.sum())
         record = self._record("taper", loss_v, sol.removed, macs=sol.macs)
-        while not self.done and sol.macs <= self.budgets[self._next]:
-            self._take_snapshot(self.budgets[self._next], sol.macs, sol.keep)
+        while not self.done and sol.macs <= self.goals[self._next]:
+            if not self._take_snapshot(self.budgets[self._next], sol.macs, sol.keep):
+                break
             self._next += 1
         return record
 
@@ -306,19 +353,51 @@ class TaperPruner:
         self.trace.append(rec)
         return rec
 
-    def _take_snapshot(self, target: int, reached: float, keep: torch.Tensor) -> None:
-        small = remove_masked(self.model, self.graph, keep) if self.keep_snapshot_models else None
+    def _take_snapshot(self, target: int, reached: float, keep: torch.Tensor) -> bool:
+        """Take the snapshot at `target`; False where its measured latency is too high and
+        the pruner aims lower instead."""
+        measured = None
+        small = None
+        if self.keep_snapshot_models or self.meter is not None:
+            small = remove_masked(self.model, self.graph, keep)
+        if self.meter is not None:
+            assert small is not None
+            measured = int(round(1e6 * self.meter.net_ms(small, self.graph.input_shape)))
+            if not self._accept_latency(target, reached, measured):
+                return False
         snap = Snapshot(
             target=target,
             macs=int(round(reached)),
             step=self._steps,
             keep=keep.clone(),
-            model=small,
+            model=small if self.keep_snapshot_models else None,
             widths=self.widths(keep),
+            measured=measured,
         )
         self.snapshots[target] = snap
+        self._retries = 0
         if self.on_snapshot is not None:
             self.on_snapshot(snap)
+        return True
+
+    def _accept_latency(self, target: int, reached: float, measured: int) -> bool:
+        """True when `measured` ≤ target × LATENCY_SLACK, or when aiming lower cannot help."""
+        if measured <= target * LATENCY_SLACK:
+            return True
+        lower = min(reached - 1.0, reached * target / measured)
+        what = (
+            f"latency snapshot {amount(target, NS)} at step {self._steps}: measured "
+            f"{amount(measured, NS)} > {amount(target * LATENCY_SLACK, NS)} (budget × "
+            f"{LATENCY_SLACK}), modelled {amount(reached, NS)}"
+        )
+        if self._retries >= MAX_LATENCY_RETRIES or lower < self.min_macs:
+            why = "retries used up" if self._retries >= MAX_LATENCY_RETRIES else "at the minimum"
+            self.notes.append(f"{what}; kept as it is ({why})")
+            return True
+        self._retries += 1
+        self.goals[self._next] = lower
+        self.notes.append(f"{what}; pruning on to a modelled {amount(lower, NS)}")
+        return False
 
     # ---------------------------------------------------------------- export
     def export(self, budget: float | int | str | None = None) -> nn.Module:
@@ -356,8 +435,15 @@ class TaperPruner:
             "lam": self._lam,
             "taper": asdict(self.taper),
             "budgets": list(self.budgets),
+            "goals": list(self.goals),
+            "retries": self._retries,
             "snapshots": {
-                str(t): {"macs": s.macs, "step": s.step, "keep": s.keep.clone()}
+                str(t): {
+                    "macs": s.macs,
+                    "step": s.step,
+                    "keep": s.keep.clone(),
+                    **({"measured": s.measured} if s.measured is not None else {}),
+                }
                 for t, s in self.snapshots.items()
             },
         }
@@ -375,7 +461,7 @@ class TaperPruner:
                 f"{self.graph.num_units}: it was saved for another model"
             )
         self.masks.set_keep(keep)
-        self._macs, self._d = macs_and_marginals(self.cost, keep)
+        self._macs, self._d = self.cost.total_and_marginals(keep)
         self._live = int(keep.sum())
         self.scores = state["scores"].clone().to(torch.float64)
         self._steps = int(state["steps"])
@@ -386,6 +472,8 @@ class TaperPruner:
         self._next = int(state["next"])
         self._lam = float(state["lam"])
         self.taper = sched.TaperState(**state["taper"])
+        self.goals = [float(g) for g in state.get("goals", self.budgets)]
+        self._retries = int(state.get("retries", 0))
         self.snapshots = SnapshotMap(self.full_macs)
         for t, s in state["snapshots"].items():
             k = s["keep"].bool()
@@ -397,4 +485,5 @@ class TaperPruner:
                 k,
                 None,
                 self.widths(k),
+                int(s["measured"]) if "measured" in s else None,
             )

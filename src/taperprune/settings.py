@@ -34,6 +34,7 @@ class PriceKind(str, Enum):
 
 
 PRICES = tuple(p.value for p in PriceKind)
+LATENCY_RUNTIMES = ("onnxruntime", "torch")  # = latency.RUNTIMES (this module is torch-free)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class PrunerConfig:
     price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
     round_to: int = 1  # every group keeps a multiple of this many channels, or its full width
+    # Latency budgets ('3.5ms'): where the latency model and each snapshot are measured.
+    latency_runtime: str = "onnxruntime"  # "onnxruntime" | "torch"
+    latency_batch: int = 1
+    latency_threads: int = 0  # 0: torch's default thread count here
 
     def __post_init__(self) -> None:
         for name, kind in (("score", ScoreKind), ("price", PriceKind)):
@@ -67,6 +72,16 @@ class PrunerConfig:
             raise ValueError(f"max_bad_steps must be ≥ 1, got {self.max_bad_steps}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
             raise ValueError(f"round_to must be a whole number of channels, got {self.round_to!r}")
+        if self.latency_runtime not in LATENCY_RUNTIMES:
+            raise ValueError(
+                f"latency_runtime must be one of {', '.join(LATENCY_RUNTIMES)}, got "
+                f"{self.latency_runtime!r}"
+            )
+        for name in ("latency_batch", "latency_threads"):
+            value = getattr(self, name)
+            least = 1 if name == "latency_batch" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
         if self.round_to < 1:
             raise ValueError(
                 f"round_to must be ≥ 1 (every group keeps a multiple of round_to channels), "

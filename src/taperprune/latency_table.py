@@ -1,0 +1,481 @@
+"""Measuring the latency model on this machine: per-layer tables and the remainder, cached.
+
+Every conv/linear layer is timed alone (its own input size, the chosen runtime, batch and
+threads) over a grid of (live inputs, live outputs); identical layers are timed once. The
+whole network is timed at full and at uniform half width to fit the remainder (see
+`latency_model.py`). The result is cached on disk, keyed by the model's layers, the input
+shape, runtime, batch, threads, CPU model and library versions, and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .constraint import _rank_within
+from .cost import build_cost_model
+from .errors import TaperpruneError
+from .files import write_json
+from .graph import FIXED, ChannelGraph
+from .latency import MAX_SECONDS, RUNTIMES, onnx_latency, torch_latency
+from .latency_model import LatencyModel, LayerTable, monotone
+from .surgery import remove_masked
+
+GRID_POINTS = 5  # per prunable width: 8, ¼, ½, ¾ and all of it
+FORMAT = 1  # of the cache files
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Where a latency budget is measured: runtime, batch and intra-op threads."""
+
+    runtime: str = "onnxruntime"
+    batch: int = 1
+    threads: int = 0  # 0: torch's default here (`latency.default_threads`)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise TaperpruneError(
+                f"unknown latency runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}"
+            )
+        if self.batch < 1 or self.threads < 0:
+            raise TaperpruneError(
+                f"latency batch must be ≥ 1 and threads ≥ 0 (0: the default), got batch "
+                f"{self.batch}, threads {self.threads}"
+            )
+
+    def resolved_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One conv/linear layer as it sits in the network: enough to build and time it alone."""
+
+    kind: str  # "conv1d" | "conv2d" | "conv3d" | "linear"
+    in_channels: int
+    out_channels: int
+    in_shape: tuple[int, ...]  # per sample; channels first (conv) or last (linear)
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    bias: bool = False
+    calls: int = 1  # forward calls per network forward (a shared layer counts each call)
+    act: int = 0  # output elements per output channel, per sample, over all calls
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    def module(self, a: int, b: int) -> nn.Module:
+        """This layer with `a` inputs and `b` outputs (depthwise: `b` channels)."""
+        if self.kind == "linear":
+            return nn.Linear(a, b, bias=self.bias)
+        conv = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[self.kind]
+        groups = b if self.depthwise else self.groups
+        return conv(
+            b if self.depthwise else a,
+            b,
+            self.kernel,  # type: ignore[arg-type]
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,  # type: ignore[arg-type]
+            groups,
+            self.bias,
+        )
+
+    def input_shape(self, a: int) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (*self.in_shape[:-1], a)
+        return (a, *self.in_shape[1:])
+
+
+def layer_specs(model: nn.Module, example_input: torch.Tensor, names: Sequence[str]) -> dict:
+    """name -> LayerSpec for the counted layers `names`, recorded by one forward pass."""
+    modules = dict(model.named_modules())
+    batch = int(example_input.shape[0])
+    seen: dict[str, dict[str, Any]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
+            if not isinstance(out, torch.Tensor) or not inp or not isinstance(inp[0], torch.Tensor):
+                return
+            width = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+            entry = seen.setdefault(name, {"in_shape": tuple(inp[0].shape[1:]), "calls": 0})
+            entry["calls"] += 1
+            entry["act"] = entry.get("act", 0) + out.numel() // batch // int(width)
+
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    specs: dict[str, LayerSpec] = {}
+    for name in names:
+        mod, rec = modules[name], seen.get(name)
+        if rec is None:
+            continue
+        if isinstance(mod, nn.Linear):
+            specs[name] = LayerSpec(
+                "linear",
+                mod.in_features,
+                mod.out_features,
+                rec["in_shape"],
+                bias=mod.bias is not None,
+                calls=rec["calls"],
+                act=rec["act"],
+            )
+            continue
+        assert isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        if isinstance(mod.padding, str):
+            raise TaperpruneError(
+                f"layer {name!r} uses padding={mod.padding!r}; latency budgets need numeric "
+                "padding (MAC and parameter budgets work)"
+            )
+        specs[name] = LayerSpec(
+            f"conv{len(mod.kernel_size)}d",
+            mod.in_channels,
+            mod.out_channels,
+            rec["in_shape"],
+            tuple(mod.kernel_size),
+            tuple(mod.stride),
+            tuple(mod.padding),
+            tuple(mod.dilation),
+            mod.groups,
+            mod.bias is not None,
+            rec["calls"],
+            rec["act"],
+        )
+    return specs
+
+
+def width_grid(n: int, points: int = GRID_POINTS) -> tuple[int, ...]:
+    """Increasing widths up to n, about evenly spaced, on multiples of 8 where n ≥ 16:
+    runtimes vectorise channels in 8s (onnxruntime's blocked convs), so widths between
+    multiples of 8 can run slower than the next multiple and are not sampled."""
+    step = 8 if n >= 16 else 1
+    picks = {step, n}
+    for i in range(1, points - 1):
+        picks.add(max(step, round(n * i / (points - 1) / step) * step))
+    return tuple(sorted(p for p in picks if 1 <= p <= n))
+
+
+class Meter(Protocol):
+    """Times one layer alone and whole networks, in milliseconds, at one batch size."""
+
+    def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float: ...
+
+    def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float: ...
+
+
+@dataclass
+class RuntimeMeter:
+    """The real meter: eager torch or onnxruntime on this machine's CPU."""
+
+    settings: LatencySettings
+    runs: int = 20
+    max_seconds: float = 1.0  # per layer timing; a whole network gets latency.MAX_SECONDS
+
+    def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return self._time(module, input_shape, self.max_seconds, single=True)
+
+    def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return self._time(module, input_shape, MAX_SECONDS, single=False)
+
+    def _time(
+        self, module: nn.Module, shape: tuple[int, ...], seconds: float, *, single: bool
+    ) -> float:
+        s = self.settings
+        threads = s.resolved_threads()
+        if s.runtime == "torch":
+            lat = torch_latency(
+                module, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
+            )
+            return lat.median_ms
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            if single:
+                _single_layer_onnx(module, shape, path)
+            else:
+                from .export import export_onnx
+
+                export_onnx(module, shape, path, check=False)
+            lat = onnx_latency(
+                path, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
+            )
+        return lat.median_ms
+
+
+def _single_layer_onnx(module: nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    """One Conv or Gemm node with its weights, written directly (no export trace: fast)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = getattr(module, "weight"), getattr(module, "bias", None)  # noqa: B009
+    w = weight.detach().numpy()
+    inits = [numpy_helper.from_array(w, "w")]
+    has_bias = bias is not None
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.detach().numpy(), "b"))
+    ins = ["x", "w", *(["b"] if has_bias else [])]
+    if isinstance(module, nn.Linear):
+        node = helper.make_node("MatMul", ["x", "wt"], ["y0" if has_bias else "y"])
+        inits[0] = numpy_helper.from_array(w.T.copy(), "wt")
+        nodes = [node] + ([helper.make_node("Add", ["y0", "b"], ["y"])] if has_bias else [])
+    else:
+        conv = module
+        assert isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        pads = [int(p) for p in conv.padding] * 2
+        nodes = [
+            helper.make_node(
+                "Conv",
+                ins,
+                ["y"],
+                kernel_shape=list(conv.kernel_size),
+                strides=list(conv.stride),
+                pads=pads,
+                dilations=list(conv.dilation),
+                group=conv.groups,
+            )
+        ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "layer", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _layer_grids(
+    spec: LayerSpec, in_fixed: bool, out_fixed: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    grid_in = (spec.in_channels,) if in_fixed or spec.depthwise else width_grid(spec.in_channels)
+    grid_out = (spec.out_channels,) if out_fixed else width_grid(spec.out_channels)
+    return grid_in, grid_out
+
+
+def measure_table(
+    spec: LayerSpec, grid_in: tuple[int, ...], grid_out: tuple[int, ...], meter: Meter
+) -> LayerTable:
+    """The layer's milliseconds per network forward at every grid point.
+
+    A grouped (not depthwise) conv is timed at full width only and scaled by a·b: its
+    conv groups stay, so its cost follows its MACs.
+    """
+    if spec.groups > 1 and not spec.depthwise:
+        full = spec.calls * meter.layer_ms(
+            spec.module(spec.in_channels, spec.out_channels), spec.input_shape(spec.in_channels)
+        )
+        return LayerTable((0, spec.in_channels), (0, spec.out_channels), ((0.0, 0.0), (0.0, full)))
+    rows = []
+    for a in grid_in:
+        row = []
+        for b in grid_out:
+            shape = spec.input_shape(b if spec.depthwise else a)
+            row.append(spec.calls * meter.layer_ms(spec.module(a, b), shape))
+        rows.append(tuple(row))
+    return monotone(LayerTable(grid_in, grid_out, tuple(rows)))
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (a cache key part)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A file name for the cache entry of `parts` (any JSON-able dict)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    """TAPERPRUNE_CACHE, else $XDG_CACHE_HOME/taperprune, else ~/.cache/taperprune."""
+    env = os.environ.get("TAPERPRUNE_CACHE")
+    if env:
+        return Path(env) / "latency"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "taperprune" / "latency"
+
+
+def _versions(runtime: str) -> dict[str, str]:
+    out = {"torch": str(torch.__version__)}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    return out
+
+
+def key_parts(
+    specs: dict[str, LayerSpec],
+    graph: ChannelGraph,
+    settings: LatencySettings,
+    cpu: str | None = None,
+) -> dict[str, Any]:
+    """What a cached latency model depends on: the model's layers and units, the input
+    shape, runtime, batch, threads, CPU model and library versions."""
+    return {
+        "format": FORMAT,
+        "layers": {n: asdict(s) for n, s in specs.items()},
+        "units": hashlib.sha256(
+            b"".join(
+                torch.cat([lay.in_units, lay.out_units]).numpy().tobytes()
+                for lay in graph.layers.values()
+            )
+        ).hexdigest(),
+        "input_shape": list(graph.input_shape),
+        "runtime": settings.runtime,
+        "batch": settings.batch,
+        "threads": settings.resolved_threads(),
+        "cpu": cpu if cpu is not None else cpu_model(),
+        "versions": _versions(settings.runtime),
+    }
+
+
+def half_width_keep(graph: ChannelGraph) -> torch.Tensor:
+    """Every group's first half of its units (at least one): the remainder's second point."""
+    sizes = torch.zeros(len(graph.groups), dtype=torch.long).index_add_(
+        0, graph.unit_group, torch.ones_like(graph.unit_group)
+    )
+    half = (sizes + 1) // 2
+    return _rank_within(graph.unit_group) < half[graph.unit_group]
+
+
+def build_latency_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    graph: ChannelGraph,
+    settings: LatencySettings,
+    *,
+    meter: Meter | None = None,
+    cache: Path | None | bool = True,
+    on_layer: Callable[[int, int], None] | None = None,
+) -> LatencyModel:
+    """L(m) of `model` measured by `meter` (the real runtime by default), from the cache
+    when this model was measured here before with the same settings.
+
+    `cache`: True for the default folder (`cache_dir`), a folder, or False/None for none.
+    `on_layer(done, total)` reports progress over the distinct layers timed.
+    """
+    names = [n for n, lay in graph.layers.items() if lay.kind != "norm"]
+    specs = layer_specs(model, example_input[:1], names)
+    folder = cache_dir() if cache is True else (Path(cache) if cache else None)
+    path = None
+    if folder is not None:
+        path = folder / f"{cache_key(key_parts(specs, graph, settings))}.json"
+        if path.is_file():
+            try:
+                return _from_cached(json.loads(path.read_text()), specs, graph)
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged or older entry: measure again and overwrite it
+    meter = meter if meter is not None else RuntimeMeter(settings)
+    tables: dict[str, LayerTable] = {}
+    by_shape: dict[str, LayerTable] = {}
+    for i, name in enumerate(specs):
+        lay, spec = graph.layers[name], specs[name]
+        grid_in, grid_out = _layer_grids(
+            spec, bool((lay.in_units == FIXED).all()), bool((lay.out_units == FIXED).all())
+        )
+        key = json.dumps([asdict(spec), grid_in, grid_out])
+        if key not in by_shape:
+            by_shape[key] = measure_table(spec, grid_in, grid_out, meter)
+        tables[name] = by_shape[key]
+        if on_layer is not None:
+            on_layer(i + 1, len(specs))
+    shape = tuple(example_input.shape[1:])
+    full_ms = meter.net_ms(model, shape)
+    half = half_width_keep(graph)
+    half_ms = meter.net_ms(remove_masked(model, graph, half, verify=False), shape)
+    raw = _assemble(specs, tables, graph, 0.0, 0.0)
+    ones = torch.ones(graph.num_units, dtype=torch.float64)
+    base_ms, per_act_ms = fit_remainder(
+        (full_ms, raw.total(ones) / 1e6, _act_total(raw, ones)),
+        (half_ms, raw.total(half) / 1e6, _act_total(raw, half)),
+    )
+    if path is not None:
+        write_json(
+            path,
+            {
+                "format": FORMAT,
+                "tables": {n: asdict(t) for n, t in tables.items()},
+                "base_ms": base_ms,
+                "per_act_ms": per_act_ms,
+                "measured": {"full_ms": full_ms, "half_ms": half_ms},
+            },
+        )
+    return _assemble(specs, tables, graph, base_ms, per_act_ms)
+
+
+def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
+    m = torch.cat([keep.to(torch.float64), torch.ones(1, dtype=torch.float64)])
+    return float((lm.act * (lm._out_mat @ m)).sum())
+
+
+def fit_remainder(
+    full: tuple[float, float, float], half: tuple[float, float, float]
+) -> tuple[float, float]:
+    """(base, per_act) from two (measured ms, summed table ms, activations) points:
+    measured = tables + base + per_act · activations. A slope the noise made negative is 0."""
+    (m1, t1, a1), (m2, t2, a2) = full, half
+    per_act = ((m1 - t1) - (m2 - t2)) / (a1 - a2) if a1 != a2 else 0.0
+    if not math.isfinite(per_act) or per_act < 0:
+        per_act = 0.0
+    return (m1 - t1) - per_act * a1, per_act
+
+
+def _assemble(
+    specs: dict[str, LayerSpec],
+    tables: dict[str, LayerTable],
+    graph: ChannelGraph,
+    base_ms: float,
+    per_act_ms: float,
+) -> LatencyModel:
+    names = tuple(specs)
+    layers = [graph.layers[n] for n in names]
+    return LatencyModel(
+        num_units=graph.num_units,
+        layer_names=names,
+        tables=tuple(tables[n] for n in names),
+        in_units=tuple(lay.in_units for lay in layers),
+        out_units=tuple(lay.out_units for lay in layers),
+        act=torch.tensor([float(specs[n].act) for n in names], dtype=torch.float64),
+        base_ms=base_ms,
+        per_act_ms=per_act_ms,
+        incidence=build_cost_model(graph),
+    )
+
+
+def _from_cached(data: dict[str, Any], specs: dict[str, LayerSpec], graph: ChannelGraph):
+    if data["format"] != FORMAT or set(data["tables"]) != set(specs):
+        raise KeyError("stale cache entry")
+    tables = {
+        n: LayerTable(tuple(t["grid_in"]), tuple(t["grid_out"]), tuple(tuple(r) for r in t["ms"]))
+        for n, t in data["tables"].items()
+    }
+    return _assemble(specs, tables, graph, float(data["base_ms"]), float(data["per_act_ms"]))
