@@ -25,7 +25,7 @@ from taperprune.latency_table import (
     LatencySettings,
     build_latency_model,
     cache_key,
-    fit_remainder,
+    fit_calibration,
     key_parts,
     layer_specs,
 )
@@ -87,6 +87,7 @@ def test_exact_prediction_for_a_deterministic_timer(name: str) -> None:
     x, graph, meter, lm = _setup(net, shape)
     assert lm.base_ms == pytest.approx(BASE_MS, rel=1e-6)
     assert lm.per_act_ms == pytest.approx(PER_ACT_MS, rel=1e-6)
+    assert lm.scale == pytest.approx(1.0, rel=1e-9)
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):
         keep = torch.rand(graph.num_units, generator=gen) < 0.6
@@ -239,13 +240,17 @@ def test_cache_is_reused_and_keyed_by_every_part(tmp_path: Path) -> None:
     assert meter.layer_calls + meter.net_calls > calls
 
 
-def test_monotone_tables_and_remainder_fit() -> None:
+def test_monotone_tables_and_calibration_fit() -> None:
     t = monotone(LayerTable((1, 4), (1, 8), ((1.0, 0.9), (0.8, 2.0))))
     v = torch.tensor(t.ms)
     assert bool((v[1:] > v[:-1]).all()) and bool((v[:, 1:] > v[:, :-1]).all())
-    assert fit_remainder((10.0, 8.0, 100.0), (6.5, 5.0, 50.0)) == pytest.approx((1.0, 0.01))
-    # noise that makes the slope negative: no slope, the offset from the full point
-    assert fit_remainder((10.0, 8.0, 100.0), (6.0, 3.0, 50.0)) == pytest.approx((2.0, 0.0))
+    # measured = 1.2 · tables + 0.5 + 0.01 · activations, recovered exactly
+    pts = [(1.2 * t + 0.5 + 0.01 * a, t, a) for t, a in ((8, 100), (6, 70), (4, 60), (1, 20))]
+    assert fit_calibration(pts) == pytest.approx((0.5, 0.01, 1.2))
+    # noise that makes the slope negative: no slope
+    pts = [(1.2 * t + 0.5 - 0.01 * a, t, a) for t, a in ((8, 100), (6, 70), (4, 60), (1, 20))]
+    base, per_act, scale = fit_calibration(pts)
+    assert per_act == 0.0 and scale > 0
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .budget import format_macs
+from .budget import NS, amount, format_macs
 from .cli_inspect import check, macs
 from .errors import RunInterrupted, TaperpruneError
 from .run.flags import with_setting_flags
@@ -56,7 +56,7 @@ def _print_result(result: Any) -> None:
         return
     table = Table(title=f"taperprune — {result.out}")
     for col in (
-        "budget" if result.unit == "MACs" else f"budget ({result.unit})",
+        {"MACs": "budget", "ns": "budget (latency)"}.get(result.unit, f"budget ({result.unit})"),
         "MACs",
         "% of full",
         "params",
@@ -76,7 +76,7 @@ def _print_result(result: Any) -> None:
     )
     for s in result.snapshots:
         table.add_row(
-            format_macs(s.target),
+            _budget_text(s.target, result.unit),
             format_macs(s.macs),
             f"{100 * s.macs / result.full_macs:.2f}%",
             f"{s.params:,}",
@@ -87,6 +87,10 @@ def _print_result(result: Any) -> None:
     console.print(table)
     _print_speedups(result)
     console.print(f"total time {result.seconds:.0f} s; files in {result.out}/")
+
+
+def _budget_text(target: int, unit: str) -> str:
+    return amount(target, NS) if unit == "ns" else format_macs(target)
 
 
 def _print_speedups(result: Any) -> None:
@@ -108,7 +112,9 @@ def _print_speedups(result: Any) -> None:
         for k in keys:
             x = speeds[s.label].get(k)
             cells.append("–" if x is None else f"[red]{x:.2f}×[/red]" if x < 1 else f"{x:.2f}×")
-        table.add_row(format_macs(s.target), f"{result.full_macs / s.macs:.2f}×", *cells)
+        table.add_row(
+            _budget_text(s.target, result.unit), f"{result.full_macs / s.macs:.2f}×", *cells
+        )
     console.print(table)
     if any(x < 1 for sp in speeds.values() for x in sp.values()):
         console.print("[red]red[/red]: slower than unpruned (the reason is in report.html)")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .budget import format_macs
+from .budget import amount, budget_resource, format_macs
 from .errors import TaperpruneError
 
 if TYPE_CHECKING:
@@ -163,18 +163,18 @@ def _print_check(report: CheckReport, round_to: int = 1) -> None:
     share = report.minimum / report.full if report.full else 0.0
     console.print("surgery: removing channels computes the masked model (trial on every group)")
     console.print(
-        f"least reachable: {report.minimum:,.0f} {report.unit} ({share:.2%}), "
+        f"least reachable: {amount(report.minimum, report.unit)} ({share:.2%}), "
         + ("one unit" if round_to == 1 else f"one block of {round_to} channels")
         + " left per group"
     )
     console.print("budgets:")
     table = Table.grid(padding=(0, 2))
-    for col in ("budget", "MACs", "share", "verdict"):
+    for col in ("budget", "amount", "share", "verdict"):
         table.add_column(col, justify="left" if col in ("budget", "verdict") else "right")
     for b in report.budgets:
         table.add_row(
             "  " + escape(b.text),
-            f"{b.macs:,}" if b.macs is not None else "-",
+            amount(b.macs, report.unit) if b.macs is not None else "-",
             f"{b.macs / report.full:.1%}" if b.macs is not None else "",
             "feasible" if b.feasible else escape(f"infeasible: {b.why}"),
             style=None if b.feasible else "red",
@@ -195,6 +195,13 @@ def check(
     round_to: Annotated[
         int, typer.Option(help="Every group keeps a multiple of N channels (prune's --round-to).")
     ] = 1,
+    latency_runtime: Annotated[
+        str, typer.Option(help="Latency budgets: onnxruntime | torch (prune's flag).")
+    ] = "onnxruntime",
+    latency_batch: Annotated[int, typer.Option(help="Latency budgets: batch size.")] = 1,
+    latency_threads: Annotated[
+        int, typer.Option(help="Latency budgets: CPU threads (0: torch's default).")
+    ] = 0,
 ) -> None:
     """Dry run of `prune` in seconds: groups, least MACs, budgets, --exclude patterns.
 
@@ -206,14 +213,22 @@ def check(
     from .cost import count_params
     from .errors import GraphError
     from .inspect_model import check_model, check_output, hook_layer_macs, raise_if_infeasible
+    from .latency_table import LatencySettings
 
+    latency = LatencySettings(latency_runtime, latency_batch, latency_threads)
+    wanted = _split(budgets)
+    if budget_resource(wanted) == "latency":
+        n = latency.resolved_threads()
+        console.print(
+            f"latency budgets: timing every layer in {latency_runtime} at batch {latency_batch}, "
+            f"{n} thread{'s' if n != 1 else ''} (once per model and machine; cached)"
+        )
     net, shape = _load(model, input, num_classes)
     x = torch.zeros((1, *shape))
     check_output(net, x, model, num_classes)
     head = f"{model} @ {_shape(shape)}, {num_classes} classes"
-    wanted = _split(budgets)
     try:
-        report = check_model(net, x, wanted, _split(exclude), round_to=round_to)
+        report = check_model(net, x, wanted, _split(exclude), round_to=round_to, latency=latency)
     except GraphError:
         total = sum(r.macs for r in hook_layer_macs(net, x))  # no graph to count on
         console.print(f"{head}: {total:,} MACs, {count_params(net):,} params")
@@ -235,4 +250,7 @@ def check(
         flags += f" --exclude '{','.join(report.exclude)}'"
     if round_to > 1:
         flags += f" --round-to {round_to}"
+    if report.unit == "ns":
+        flags += f" --latency-runtime {latency_runtime} --latency-batch {latency_batch}"
+        flags += f" --latency-threads {latency_threads}" if latency_threads else ""
     console.print(f"ok: `taperprune prune {escape(flags)}` passes these checks")

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from .blocks import block_units
-from .budget import parse_budget, parse_budgets
+from .budget import amount, parse_budget, parse_budgets
 from .constraint import minimum_macs
 from .cost import build_cost_model, count_params, hooked_macs, layer_macs
 from .errors import BudgetError, GraphError, ModelError
 from .graph import FIXED, ChannelGraph, UnmaskableLayerError, build_graph
+from .latency_table import LatencySettings
 from .resource import budget_cost
 from .surgery import check_surgery
 
@@ -181,7 +182,7 @@ def budget_rows(
             continue
         why = ""
         if macs < minimum:
-            why = f"below the least reachable {minimum:,.0f} {unit}"
+            why = f"below the least reachable {amount(minimum, unit)}"
         elif last is not None and macs >= last:
             why = "not below the budget before it (budgets must decrease)"
         rows.append(BudgetRow(text, macs, not why, why))
@@ -197,6 +198,7 @@ def check_model(
     *,
     surgery: bool = True,
     round_to: int = 1,
+    latency: LatencySettings | None = None,
 ) -> CheckReport:
     """`prune`'s checks before training (graph, surgery, budgets), gathered, not raised.
 
@@ -212,14 +214,15 @@ def check_model(
         graph = build_graph(model, example, exclude=exclude + exc.patterns)
     if surgery:
         check_surgery(model, graph)
-    unit, cm = budget_cost(graph, model, budgets)  # MACs, or params for '1.2Mparams'
+    # MACs; params for '1.2Mparams'; ns for '3.5ms' (then the latency model is measured)
+    unit, cm = budget_cost(graph, model, budgets, example_input=example, latency=latency)
     blocks = block_units(graph, round_to)  # a round_to no group is wider than: one line
     least = minimum_macs(cm, graph.unit_group, len(graph.groups), blocks)
     rows = budget_rows(list(budgets), cm.full_macs, least, unit)
     return CheckReport(
         unit=unit,
         full=cm.full_macs,
-        full_macs=build_cost_model(graph).full_macs if unit == "params" else cm.full_macs,
+        full_macs=build_cost_model(graph).full_macs if unit != "MACs" else cm.full_macs,
         params=count_params(model),
         graph=graph,
         minimum=least,

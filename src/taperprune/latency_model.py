@@ -2,10 +2,12 @@
 
 Each conv/linear layer has a table of measured times over a grid of (live inputs a,
 live outputs b), bilinearly interpolated between grid points (`latency_table.py` measures
-it). The network's latency is the sum of its layers' entries plus a remainder that
-follows the activations, base + per_act · (output elements of the counted layers):
-BatchNorm, activations, adds and copies scale with the channels that reach them; the
-two numbers are fitted to the whole network measured at full and at half width.
+it). The network's latency is scale · (the sum of its layers' entries) plus a remainder
+that follows the activations, base + per_act · (output elements of the counted layers):
+BatchNorm, activations, adds and copies scale with the channels that reach them, and a
+layer inside a network runs a little faster or slower than alone (warm caches, fused
+neighbours). The three numbers are fitted to the whole network measured at four uniform
+widths (`latency_table.fit_calibration`).
 
 Everything is in nanoseconds, so that a latency budget is an integer like a MAC budget
 and the λ solve, the blocks of `round_to`, the taper and the snapshots work unchanged:
@@ -78,6 +80,7 @@ class LatencyModel:
     act: torch.Tensor  # (L,) output elements per output channel (H_out·W_out, tokens)
     base_ms: float  # the remainder at zero activations
     per_act_ms: float  # the remainder per output element of a counted layer
+    scale: float  # in-network time of a layer ÷ its time alone
     incidence: CostModel  # the MAC model of the same layers: which units meet where
     # Derived once: padded grids and values, and the unit incidence per layer.
     _gin: torch.Tensor = field(init=False, repr=False)
@@ -144,7 +147,7 @@ class LatencyModel:
             return flat.gather(1, (ii * k + jj).unsqueeze(1)).squeeze(1)
 
         i1, j1 = (i + 1).clamp(max=k - 1), (j + 1).clamp(max=k - 1)
-        return (
+        return self.scale * (
             (1 - wa) * (1 - wb) * at(i, j)
             + wa * (1 - wb) * at(i1, j)
             + (1 - wa) * wb * at(i, j1)

@@ -2,13 +2,14 @@
 
 Every conv/linear layer is timed alone (its own input size, the chosen runtime, batch and
 threads) over a grid of (live inputs, live outputs); identical layers are timed once. The
-whole network is timed at full and at uniform half width to fit the remainder (see
+whole network is timed at four uniform widths to fit the calibration (see
 `latency_model.py`). The result is cached on disk, keyed by the model's layers, the input
 shape, runtime, batch, threads, CPU model and library versions, and reused.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -195,9 +196,19 @@ class RuntimeMeter:
     settings: LatencySettings
     runs: int = 20
     max_seconds: float = 1.0  # per layer timing; a whole network gets latency.MAX_SECONDS
+    _overhead: dict[tuple[int, ...], float] = field(default_factory=dict)
 
     def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
-        return self._time(module, input_shape, self.max_seconds, single=True)
+        """The layer's time; in onnxruntime less the cost of a call that does nothing on the
+        same input (a network pays that once, not once per layer)."""
+        ms = self._time(module, input_shape, self.max_seconds, single=True)
+        if self.settings.runtime == "onnxruntime":
+            if input_shape not in self._overhead:
+                self._overhead[input_shape] = self._time(
+                    nn.Identity(), input_shape, self.max_seconds, single=True
+                )
+            ms = max(0.0, ms - self._overhead[input_shape])
+        return ms
 
     def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
         return self._time(module, input_shape, MAX_SECONDS, single=False)
@@ -206,6 +217,8 @@ class RuntimeMeter:
         self, module: nn.Module, shape: tuple[int, ...], seconds: float, *, single: bool
     ) -> float:
         s = self.settings
+        # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
+        module = copy.deepcopy(module).cpu().float().eval()
         threads = s.resolved_threads()
         if s.runtime == "torch":
             lat = torch_latency(
@@ -227,33 +240,35 @@ class RuntimeMeter:
 
 
 def _single_layer_onnx(module: nn.Module, shape: tuple[int, ...], path: Path) -> None:
-    """One Conv or Gemm node with its weights, written directly (no export trace: fast)."""
+    """One Conv or MatMul node with its weights (or an Identity), written directly: no
+    export trace, so a table of many grid points is quick."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight, bias = getattr(module, "weight"), getattr(module, "bias", None)  # noqa: B009
-    w = weight.detach().numpy()
-    inits = [numpy_helper.from_array(w, "w")]
-    has_bias = bias is not None
-    if bias is not None:
-        inits.append(numpy_helper.from_array(bias.detach().numpy(), "b"))
-    ins = ["x", "w", *(["b"] if has_bias else [])]
-    if isinstance(module, nn.Linear):
-        node = helper.make_node("MatMul", ["x", "wt"], ["y0" if has_bias else "y"])
-        inits[0] = numpy_helper.from_array(w.T.copy(), "wt")
-        nodes = [node] + ([helper.make_node("Add", ["y0", "b"], ["y"])] if has_bias else [])
+    inits: list[Any] = []
+    if isinstance(module, nn.Identity):  # what a call costs that computes nothing
+        nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    elif isinstance(module, nn.Linear):
+        inits.append(numpy_helper.from_array(module.weight.detach().numpy().T.copy(), "wt"))
+        out = "y0" if module.bias is not None else "y"
+        nodes = [helper.make_node("MatMul", ["x", "wt"], [out])]
+        if module.bias is not None:
+            inits.append(numpy_helper.from_array(module.bias.detach().numpy(), "b"))
+            nodes.append(helper.make_node("Add", ["y0", "b"], ["y"]))
     else:
         conv = module
         assert isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-        pads = [int(p) for p in conv.padding] * 2
+        inits.append(numpy_helper.from_array(conv.weight.detach().numpy(), "w"))
+        if conv.bias is not None:
+            inits.append(numpy_helper.from_array(conv.bias.detach().numpy(), "b"))
         nodes = [
             helper.make_node(
                 "Conv",
-                ins,
+                ["x", "w", *(["b"] if conv.bias is not None else [])],
                 ["y"],
                 kernel_shape=list(conv.kernel_size),
                 strides=list(conv.stride),
-                pads=pads,
+                pads=[int(p) for p in conv.padding] * 2,
                 dilations=list(conv.dilation),
                 group=conv.groups,
             )
@@ -358,13 +373,23 @@ def key_parts(
     }
 
 
-def half_width_keep(graph: ChannelGraph) -> torch.Tensor:
-    """Every group's first half of its units (at least one): the remainder's second point."""
-    sizes = torch.zeros(len(graph.groups), dtype=torch.long).index_add_(
-        0, graph.unit_group, torch.ones_like(graph.unit_group)
+CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.25)  # uniform shares of every group's units
+
+
+def uniform_keep(graph: ChannelGraph, share: float) -> torch.Tensor:
+    """Every group's first `share` of its units, on a multiple of 8 channels where the
+    group is 16 or wider (as the tables' grid), at least one unit."""
+    sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
+    channels = torch.where(
+        sizes >= 16, (share * sizes / 8).round().clamp(min=1) * 8, (share * sizes).round()
+    ).clamp(min=1)
+    per_unit = torch.zeros(len(graph.groups), dtype=torch.float64).index_add_(
+        0, graph.unit_group, graph.unit_size.double()
+    ) / torch.zeros(len(graph.groups), dtype=torch.float64).index_add_(
+        0, graph.unit_group, torch.ones(graph.num_units, dtype=torch.float64)
     )
-    half = (sizes + 1) // 2
-    return _rank_within(graph.unit_group) < half[graph.unit_group]
+    units = (channels / per_unit).floor().clamp(min=1).long()
+    return _rank_within(graph.unit_group) < units[graph.unit_group]
 
 
 def build_latency_model(
@@ -409,15 +434,13 @@ def build_latency_model(
         if on_layer is not None:
             on_layer(i + 1, len(specs))
     shape = tuple(example_input.shape[1:])
-    full_ms = meter.net_ms(model, shape)
-    half = half_width_keep(graph)
-    half_ms = meter.net_ms(remove_masked(model, graph, half, verify=False), shape)
-    raw = _assemble(specs, tables, graph, 0.0, 0.0)
-    ones = torch.ones(graph.num_units, dtype=torch.float64)
-    base_ms, per_act_ms = fit_remainder(
-        (full_ms, raw.total(ones) / 1e6, _act_total(raw, ones)),
-        (half_ms, raw.total(half) / 1e6, _act_total(raw, half)),
-    )
+    raw = _assemble(specs, tables, graph, 0.0, 0.0, 1.0)
+    points = []
+    for share in CALIBRATION_WIDTHS:
+        keep = uniform_keep(graph, share)
+        net = model if share == 1.0 else remove_masked(model, graph, keep, verify=False)
+        points.append((meter.net_ms(net, shape), raw.total(keep) / 1e6, _act_total(raw, keep)))
+    base_ms, per_act_ms, scale = fit_calibration(points)
     if path is not None:
         write_json(
             path,
@@ -426,10 +449,14 @@ def build_latency_model(
                 "tables": {n: asdict(t) for n, t in tables.items()},
                 "base_ms": base_ms,
                 "per_act_ms": per_act_ms,
-                "measured": {"full_ms": full_ms, "half_ms": half_ms},
+                "scale": scale,
+                "calibration": [
+                    {"share": s, "measured_ms": m, "tables_ms": t, "activations": a}
+                    for s, (m, t, a) in zip(CALIBRATION_WIDTHS, points, strict=True)
+                ],
             },
         )
-    return _assemble(specs, tables, graph, base_ms, per_act_ms)
+    return _assemble(specs, tables, graph, base_ms, per_act_ms, scale)
 
 
 def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
@@ -437,16 +464,27 @@ def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
     return float((lm.act * (lm._out_mat @ m)).sum())
 
 
-def fit_remainder(
-    full: tuple[float, float, float], half: tuple[float, float, float]
-) -> tuple[float, float]:
-    """(base, per_act) from two (measured ms, summed table ms, activations) points:
-    measured = tables + base + per_act · activations. A slope the noise made negative is 0."""
-    (m1, t1, a1), (m2, t2, a2) = full, half
-    per_act = ((m1 - t1) - (m2 - t2)) / (a1 - a2) if a1 != a2 else 0.0
-    if not math.isfinite(per_act) or per_act < 0:
-        per_act = 0.0
-    return (m1 - t1) - per_act * a1, per_act
+def fit_calibration(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """(base, per_act, scale) from (measured ms, summed table ms, activations) points:
+    measured ≈ scale · tables + base + per_act · activations, least squares. A slope the
+    noise made negative is dropped (then per_act = 0), and so is a scale ≤ 0 (then 1)."""
+    m = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    t = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    act = torch.tensor([p[2] for p in points], dtype=torch.float64)
+    one = torch.ones_like(m)
+    for cols in (("scale", "act"), ("scale",), ("act",), ()):
+        # The remainder is the measurement less the tables (scale 1) where scale is not fitted.
+        x = torch.stack(
+            [one, *([t] if "scale" in cols else []), *([act] if "act" in cols else [])], 1
+        )
+        y = m if "scale" in cols else m - t
+        coef = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.flatten().tolist()
+        base, rest = coef[0], coef[1:]
+        scale = rest.pop(0) if "scale" in cols else 1.0
+        per_act = rest.pop(0) if "act" in cols else 0.0
+        if scale > 0 and per_act >= 0 and all(map(math.isfinite, (base, scale, per_act))):
+            return base, per_act, scale
+    return float((m - t).mean()), 0.0, 1.0
 
 
 def _assemble(
@@ -455,6 +493,7 @@ def _assemble(
     graph: ChannelGraph,
     base_ms: float,
     per_act_ms: float,
+    scale: float,
 ) -> LatencyModel:
     names = tuple(specs)
     layers = [graph.layers[n] for n in names]
@@ -467,6 +506,7 @@ def _assemble(
         act=torch.tensor([float(specs[n].act) for n in names], dtype=torch.float64),
         base_ms=base_ms,
         per_act_ms=per_act_ms,
+        scale=scale,
         incidence=build_cost_model(graph),
     )
 
@@ -478,4 +518,11 @@ def _from_cached(data: dict[str, Any], specs: dict[str, LayerSpec], graph: Chann
         n: LayerTable(tuple(t["grid_in"]), tuple(t["grid_out"]), tuple(tuple(r) for r in t["ms"]))
         for n, t in data["tables"].items()
     }
-    return _assemble(specs, tables, graph, float(data["base_ms"]), float(data["per_act_ms"]))
+    return _assemble(
+        specs,
+        tables,
+        graph,
+        float(data["base_ms"]),
+        float(data["per_act_ms"]),
+        float(data["scale"]),
+    )

@@ -150,8 +150,9 @@ class RunConfig(BaseModel):
 
     @property
     def budget_unit(self) -> str:
-        """What the budgets count: 'MACs', or 'params' for budgets like '1.2Mparams'."""
-        return "params" if budget_resource(self.budgets) == "params" else "MACs"
+        """What the budgets count: 'MACs', 'params' for budgets like '1.2Mparams', or 'ns'
+        (modelled latency) for budgets like '3.5ms'."""
+        return {"params": "params", "latency": "ns"}.get(budget_resource(self.budgets), "MACs")
 
     @property
     def max_bad_steps(self) -> int:

@@ -74,6 +74,12 @@ def deploy(
     return info, measured
 
 
+def _reached(result: dict[str, Any], unit: str) -> int:
+    if unit == "ns":
+        return int(result["predicted_ns"])
+    return int(result["params"] if unit == "params" else result["macs"])
+
+
 def snapshot_metrics(
     result: dict[str, Any],
     *,
@@ -96,8 +102,8 @@ def snapshot_metrics(
             "macs_fraction": macs / full_macs,
             "mac_reduction": full_macs / macs,
             "unit": unit,
-            # reached − budget, in the budgets' unit (MACs or params): ≤ 0
-            "budget_error": (int(result["params"]) if unit == "params" else macs) - target,
+            # reached − budget, in the budgets' unit (MACs, params, modelled ns): ≤ 0
+            "budget_error": _reached(result, unit) - target,
             "full_macs": full_macs,
             "full_params": full_params,
             "base_acc": base_acc,

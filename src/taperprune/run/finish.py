@@ -101,6 +101,21 @@ def save_snapshot(
             console.print(f"  [red]slower[/red] than unpruned in places: likely {why}")
 
 
+def _latency_summary(cfg: RunConfig, pruner: TaperPruner) -> dict[str, Any]:
+    """What a latency-budget run adds to summary.json: the modelled unpruned latency, where
+    it was measured, and every snapshot that measured too slow at first (`pruner.notes`)."""
+    m = cfg.method
+    return {
+        "full_latency_ns": pruner.full_macs,
+        "latency_model": {
+            "runtime": m.latency_runtime,
+            "batch": m.latency_batch,
+            "threads": m.latency_threads or torch.get_num_threads(),
+        },
+        "latency_notes": list(pruner.notes),
+    }
+
+
 def write_summary(
     cfg: RunConfig,
     state: RunState,
@@ -122,6 +137,7 @@ def write_summary(
         seconds,
         out,
         cfg.budget_unit,
+        pruner.full_macs if cfg.budget_unit == "ns" else 0,
     )
     if not procs.main:
         return result
@@ -131,6 +147,7 @@ def write_summary(
             "full_macs": result.full_macs,
             "full_params": result.full_params,
             "unit": result.unit,
+            **(_latency_summary(cfg, pruner) if result.unit == "ns" else {}),
             "base_acc": result.base_acc,
             "seconds": seconds,
             "trace_rows": len(pruner.trace),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..budget import format_macs
+from ..budget import NS, amount, format_macs
 from ..cost import count_macs, count_params
 from ..errors import TaperpruneError
 from ..files import write_atomic
@@ -172,9 +172,9 @@ class Run(Trainer):
         assert state.base is not None and snap.model is not None
         small = snap.model
         params = cfg.budget_unit == "params"
-        label = budget_label(
-            snap.target, state.base.full_params if params else state.base.full_macs
-        )
+        latency = cfg.budget_unit == "ns"
+        assert self.pruner is not None
+        label = budget_label(snap.target, self.pruner.full_macs)  # in the budgets' unit
         state.phase = "finetune"
         t0 = time.perf_counter()
         resume = self._resuming("finetune")
@@ -205,16 +205,24 @@ class Run(Trainer):
         res = SnapshotResult(
             label,
             snap.target,
-            count_macs(small, prep.example) if params else snap.macs,
+            count_macs(small, prep.example) if params or latency else snap.macs,
             count_params(small),
             snap.step,
             acc0,
             acc1,
             time.perf_counter() - t0,
+            snap.macs if latency else None,
+            snap.measured if latency else None,
         )
         self.console.print(
             f"snapshot {label}: {format_macs(res.macs)} MACs"
             + (f", {res.params:,} params" if params else "")
+            + (
+                f", latency {amount(snap.macs, NS)} modelled, {amount(snap.measured or 0, NS)} "
+                f"measured (budget {amount(snap.target, NS)})"
+                if latency
+                else ""
+            )
             + f", top-1 {acc0:.2f}% at the "
             f"snapshot, {acc1:.2f}% after fine-tuning"
         )

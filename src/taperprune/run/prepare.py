@@ -14,7 +14,7 @@ from ..files import load_weights
 from ..graph import ChannelGraph, build_graph
 from ..inspect_model import check_output
 from ..models import build_model, default_input_shape, parse_input_shape
-from ..pruner import check_budgets
+from ..pruner import check_budgets, latency_settings
 from . import distributed as ddp
 from .config import RunConfig
 from .data import BatchStream, DataBundle, load_data, parse_data_spec
@@ -39,6 +39,12 @@ class Prepared:
 def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
     """Load data and model and check the budgets and the surgery: every error comes here,
     in seconds, before anything trains."""
+    if cfg.budget_unit == "ns" and procs.world > 1:
+        # Each process would time its own latency model and decide differently.
+        raise TaperpruneError(
+            f"latency budgets {list(cfg.budgets)} run in one process, not {procs.world}: "
+            "prune on one GPU or CPU, or give the budgets in MACs"
+        )
     seed_everything(cfg.seed)
     device = ddp.resolve_device(cfg.device, procs)
     data = load_data(
@@ -92,6 +98,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         exclude=cfg.exclude,
         graph=graph,
         round_to=cfg.method.round_to,
+        latency=latency_settings(cfg.method),
     )
     return Prepared(device, data, stream, model, example, kwargs, graph, budgets)
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..budget import format_macs  # noqa: E402
+from ..budget import NS, amount, format_macs  # noqa: E402
 from ..files import atomic_path, write_atomic  # noqa: E402
 from .deploy import slowdown_reason  # noqa: E402
 from .rundir import RunFiles, read_run  # noqa: E402
@@ -180,21 +180,40 @@ def _latency_cell(metrics: dict[str, Any]) -> str:
 
 
 def _unit(run: RunFiles) -> tuple[str, int]:
-    """What the run's budgets count (MACs or params) and the unpruned model's count of it."""
+    """What the run's budgets count (MACs, params or ns of modelled latency) and the
+    unpruned model's count of it."""
     if run.summary.get("unit") == "params":
         return "params", int(run.summary["full_params"])
+    if run.summary.get("unit") == "ns":
+        return "ns", int(run.summary["full_latency_ns"])
     return "MACs", int(run.summary["full_macs"])
 
 
 def _reached(metrics: dict[str, Any], unit: str) -> int:
+    if unit == "ns":
+        return int(metrics["predicted_ns"])
     return int(metrics["params"] if unit == "params" else metrics["macs"])
+
+
+def _target_cell(metrics: dict[str, Any], unit: str) -> str:
+    """The budget; for latency, with the snapshot's modelled and measured latency."""
+    if unit != "ns":
+        return format_macs(metrics["target"])
+    measured = metrics.get("measured_ns") or 0
+    slow = measured > 1.05 * metrics["target"]
+    text = (
+        f"{amount(metrics['target'], NS)}<br><small>modelled {amount(metrics['predicted_ns'], NS)}"
+        f", measured {amount(measured, NS)}</small>"
+    )
+    return f'<span class="slow">{text}</span>' if slow else text
 
 
 def _snapshot_table(run: RunFiles) -> str:
     full = run.summary["full_macs"]
     unit, ufull = _unit(run)
     head = (
-        f"<tr><th>snapshot</th><th>target {unit}</th><th>MACs reached</th><th>% of unpruned</th>"
+        f"<tr><th>snapshot</th><th>target {'latency' if unit == 'ns' else unit}</th>"
+        "<th>MACs reached</th><th>% of unpruned</th>"
         "<th>budget error</th><th>params</th><th>top-1 at snapshot</th>"
         "<th>after fine-tune</th><th>MAC reduction</th><th>measured speed-up</th>"
         "<th>ONNX check</th></tr>"
@@ -211,7 +230,7 @@ def _snapshot_table(run: RunFiles) -> str:
             f" (max |Δ| {check['max_abs_diff']:.1e})" if check else ""
         )
         rows.append(
-            f"<tr><td>{html.escape(_pct(s.label))}</td><td>{format_macs(m['target'])}</td>"
+            f"<tr><td>{html.escape(_pct(s.label))}</td><td>{_target_cell(m, unit)}</td>"
             f"<td>{format_macs(m['macs'])}</td><td>{100 * m['macs'] / full:.2f}%</td>"
             f"<td>{100 * (_reached(m, unit) - m['target']) / ufull:+.3f}%</td>"
             f"<td>{m['params']:,}</td>"

@@ -310,9 +310,11 @@ def find_snapshot(run: RunFiles, budget: str) -> SnapshotFiles:
     for snap in run.snapshots:
         if budget == snap.label:
             return snap
-    full = int(run.summary["full_params" if run.summary.get("unit") == "params" else "full_macs"])
+    unit = run.summary.get("unit", "MACs")
+    key = {"params": "full_params", "ns": "full_latency_ns"}.get(unit, "full_macs")
+    full = int(run.summary[key])
     try:
-        target = parse_budget(budget, full)
+        target = parse_budget(budget, full, unit)
     except BudgetError as exc:
         raise TaperpruneError(f"{exc}; this run has snapshots {labels}") from None
     for snap in run.snapshots:

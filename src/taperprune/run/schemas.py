@@ -46,7 +46,7 @@ class Summary(Schema):
 
     full_macs: Macs
     full_params: Count
-    unit: Literal["MACs", "params"] = "MACs"  # what each snapshot's target counts
+    unit: Literal["MACs", "params", "ns"] = "MACs"  # what each snapshot's target counts
     base_acc: Percent
     seconds: Seconds
     trace_rows: Count | None = None

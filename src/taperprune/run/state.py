@@ -35,6 +35,8 @@ class SnapshotResult:
     acc_at_snapshot: float
     acc_finetuned: float
     seconds: float
+    predicted_ns: int | None = None  # latency budgets: the snapshot's modelled latency
+    measured_ns: int | None = None  # ... and its latency measured when it was taken
 
 
 @dataclass
@@ -45,11 +47,14 @@ class RunResult:
     snapshots: list[SnapshotResult]
     seconds: float
     out: Path
-    unit: str = "MACs"  # what each snapshot's `target` counts: MACs or params
+    unit: str = "MACs"  # what each snapshot's `target` counts: MACs, params or ns
+    full_latency_ns: int = 0  # latency budgets: the unpruned model's modelled latency
 
     @property
     def full(self) -> int:
         """The unpruned model's count in the budgets' unit."""
+        if self.unit == "ns":
+            return self.full_latency_ns
         return self.full_params if self.unit == "params" else self.full_macs
 
 
@@ -128,6 +133,8 @@ class Result(Node):
     acc_at_snapshot: float
     acc_finetuned: float
     seconds: float
+    predicted_ns: int | None = None  # latency budgets: the snapshot's modelled latency
+    measured_ns: int | None = None  # ... and its latency measured when it was taken
 
 
 class PrunerSnapshot(Node):
