@@ -43,7 +43,13 @@ def bench(
         str, typer.Option(help="MAC fractions, comma-separated.")
     ] = "0.5,0.25,0.125,0.0625,0.03125",
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1,2",
-    methods: Annotated[str, typer.Option(help="Methods, comma-separated, or 'all'.")] = "all",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Methods, comma-separated, or 'all' (every method but tp_l1_layer, which "
+            "equals uniform_width below its max pruning ratio: name it to run it)."
+        ),
+    ] = "all",
     views: Annotated[
         str, typer.Option(help="per-budget, curve, steps (comma-separated).")
     ] = "per-budget,curve",
@@ -67,6 +73,13 @@ def bench(
         str | None,
         typer.Option(help="Start every net from these weights (file or torchvision name)."),
     ] = None,
+    max_pruning_ratio: Annotated[
+        str | None,
+        typer.Option(
+            help="Torch-Pruning's max_pruning_ratio: r for every net, or net=r,… per net "
+            "(others keep the table in config.py; docs/BASELINES.md)."
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     quick: Annotated[
         bool, typer.Option(help="Tiny data and steps, one seed: checks the harness, nothing else.")
@@ -77,7 +90,7 @@ def bench(
 
     from taperprune.run.config import RunConfig
 
-    from .config import METHODS, BenchConfig, quick_config
+    from .config import METHODS, BenchConfig, parse_max_ratios, quick_config
     from .harness import Bench
     from .table import write_summary
 
@@ -105,6 +118,7 @@ def bench(
         sweep_methods=split_csv(sweep_methods),
         out=out,
         train=train,
+        max_pruning_ratio=parse_max_ratios(max_pruning_ratio or ""),
     )
     if quick:
         cfg = quick_config(cfg)

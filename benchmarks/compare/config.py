@@ -8,7 +8,8 @@ from typing import Any
 from taperprune.errors import TaperpruneError
 from taperprune.run.config import RunConfig
 
-from .baselines import BASELINES, UNIFORM
+from .baselines import BASELINES, KNAPSACK, OFF_BY_DEFAULT, UNIFORM
+from .results import parse_net
 
 # taperprune and its ablations: RunConfig overrides (everything else is the default).
 TAPERPRUNE: dict[str, dict[str, Any]] = {
@@ -20,8 +21,20 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_soft_price": {"price_power": 0.5},  # orders by s / d**0.5
     "taperprune_marginal_price": {"price": "macs"},  # the marginal MACs of the moment
 }
-METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINES, UNIFORM)
+BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
+ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS)
+# What `--methods all` and the default run: every method but OFF_BY_DEFAULT.
+METHODS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m not in OFF_BY_DEFAULT)
+# Added with docs/BASELINES.md: the quick mode runs these at its last budget only.
+NEWER_BASELINES: tuple[str, ...] = ("tp_l1_global_iter", "tp_taylor_iter", "tp_group_sl", KNAPSACK)
 VIEWS = ("per-budget", "curve", "steps")
+
+# Torch-Pruning's max_pruning_ratio per net (a net spec, or its name before any ':'), one of
+# MAX_PRUNING_RATIO_CHOICES, chosen on seed 0 (docs/BASELINES.md says how and which
+# have been); nets not listed get DEFAULT_MAX_PRUNING_RATIO.
+MAX_PRUNING_RATIO_CHOICES: tuple[float, ...] = (0.8, 0.9, 0.95)
+DEFAULT_MAX_PRUNING_RATIO = 0.9
+MAX_PRUNING_RATIO: dict[str, float] = {"demo_cnn": 0.9, "resnet20": 0.9}
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,16 @@ class BenchConfig:
     train: RunConfig = field(default_factory=RunConfig)  # steps, learning rates, batch size
     latency_batch: int = 32
     latency_runs: int = 10
+    # Net spec or name → Torch-Pruning's max_pruning_ratio; "*" overrides the default.
+    max_pruning_ratio: dict[str, float] = field(default_factory=lambda: dict(MAX_PRUNING_RATIO))
+    one_budget_methods: tuple[str, ...] = ()  # per-budget view: run at the last budget only
 
     def __post_init__(self) -> None:
         for name, given, known in (
-            ("methods", self.methods, METHODS),
-            ("curve methods", self.curve_methods, (*BASELINES, UNIFORM)),
-            ("sweep methods", self.sweep_methods, ("taperprune", *BASELINES, UNIFORM)),
+            ("methods", self.methods, ALL_METHODS),
+            ("curve methods", self.curve_methods, BASELINE_METHODS),
+            ("sweep methods", self.sweep_methods, ("taperprune", *BASELINE_METHODS)),
+            ("one-budget methods", self.one_budget_methods, ALL_METHODS),
             ("views", self.views, VIEWS),
         ):
             bad = [m for m in given if m not in known]
@@ -62,6 +79,34 @@ class BenchConfig:
             raise TaperpruneError("bench needs at least one net and one seed")
         if any(n < 2 for n in self.sweep_steps):
             raise TaperpruneError(f"sweep steps must be ≥ 2, got {list(self.sweep_steps)}")
+        bad_ratios = {k: r for k, r in self.max_pruning_ratio.items() if not 0 < r < 1}
+        if bad_ratios:
+            raise TaperpruneError(f"max pruning ratios must be in (0, 1), got {bad_ratios}")
+
+    def max_ratio(self, spec: str) -> float:
+        """Torch-Pruning's max_pruning_ratio for net `spec`: its own entry, its name's, "*"."""
+        table = self.max_pruning_ratio
+        for key in (spec, parse_net(spec)[0], "*"):
+            if key in table:
+                return table[key]
+        return DEFAULT_MAX_PRUNING_RATIO
+
+
+def parse_max_ratios(text: str) -> dict[str, float]:
+    """`--max-pruning-ratio`: "0.95" (every net) or "demo_cnn=0.8,resnet20=0.95" (per net,
+    the others keep MAX_PRUNING_RATIO's value); returns the whole table."""
+    table = dict(MAX_PRUNING_RATIO)
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, eq, value = item.rpartition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            raise TaperpruneError(f"--max-pruning-ratio takes r or net=r,…, got {text!r}") from None
+        if not eq:
+            table = {"*": ratio}  # one value for every net
+        else:
+            table[key] = ratio
+    return table
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
@@ -82,6 +127,7 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
         seeds=cfg.seeds[:1],
         views=VIEWS,
         sweep_steps=(40, 80),
+        one_budget_methods=NEWER_BASELINES,
         latency_runs=2,
         train=train,
     )

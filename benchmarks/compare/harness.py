@@ -44,17 +44,36 @@ from taperprune.run.pipeline import run_prune
 from taperprune.run.pretrained import resolve_weights
 from taperprune.run.progress import progress
 
-from .baselines import BASELINES, UNIFORM, prune_to_macs, taylor_gradients, tp_pruner, uniform_width
+from .baselines import (
+    BASELINES,
+    KNAPSACK,
+    KNAPSACK_BATCHES,
+    TAYLOR_BATCHES,
+    UNIFORM,
+    BaselineMethod,
+    accumulate_gradients,
+    has_residual,
+    knapsack_oneshot,
+    prune_oneshot,
+    prune_progressive,
+    tp_pruner,
+    uniform_width,
+    width_floors,
+)
 from .config import TAPERPRUNE, VIEWS, BenchConfig
 from .results import (
     net_dir,
     parse_net,
     read_rows,
     run_dir,
-    run_id_steps,
     write_rows,
 )
 from .views import VIEW_RUNS, count_runs
+
+
+def _legacy(run_id: str) -> bool:
+    """A Torch-Pruning run id without the max_ratio tag: the older harness's."""
+    return "/max_ratio=" not in run_id
 
 
 @dataclass
@@ -77,6 +96,15 @@ class Bench:
         self.out = Path(cfg.out)
         self.csv = self.out / "results.csv"
         self.rows = read_rows(self.csv)
+        legacy = sorted(
+            {r["method"] for r in self.rows if r["method"] in BASELINES and _legacy(r["run_id"])}
+        )
+        if legacy:  # their cells would silently pool with the new rows of the same name
+            raise TaperpruneError(
+                f"{self.csv} holds {', '.join(legacy)} rows of the harness before "
+                "docs/BASELINES.md (400 ratio increments, no max_pruning_ratio); bench into "
+                "a new --out (--weights can reuse the pretrained weights)"
+            )
         self.done_ids = {r["run_id"] for r in self.rows}
         self.unreachable: list[str] = []  # baseline runs that could not reach their budget
         self.device = resolve_device(cfg.train.device)
@@ -94,6 +122,7 @@ class Bench:
         self.example = torch.zeros((1, *self.data.input_shape))
         self.per_epoch = len(self.stream(0))  # batches per epoch, the same for every seed
         self.finetune_steps = int(t.finetune_epochs * self.per_epoch)  # per snapshot
+        self.trained = 0  # optimizer steps taken by `train` (a baseline run checks its total)
 
     # -------------------------------------------------------------- helpers
     def stream(self, seed: int) -> BatchStream:
@@ -109,13 +138,19 @@ class Bench:
         *,
         use_cosine: bool = True,
         after_backward: Callable[[nn.Module], None] | None = None,
+        weight_decay: float | None = None,
     ) -> None:
-        """`steps` steps of the run's optimizer through the pipeline's own loop."""
+        """`steps` steps of the run's optimizer through the pipeline's own loop
+        (`weight_decay` replaces the run's own, e.g. 0 under a sparsity regulariser)."""
         if steps <= 0:
             return
-        opt = make_optimizer(self.cfg.train, model, lr)
+        cfg = self.cfg.train
+        if weight_decay is not None:
+            cfg = cfg.updated(weight_decay=weight_decay)
+        opt = make_optimizer(cfg, model, lr)
         sched = cosine(opt, steps) if use_cosine else None
         self.loop.fit(model, stream, opt, steps, sched=sched, after_backward=after_backward)
+        self.trained += steps
 
     def epochs(self, steps: int) -> float:
         """An epoch count that `int(epochs × len(stream))` turns back into `steps`."""
@@ -284,10 +319,14 @@ class Bench:
     ) -> dict[str, Any] | None:
         """Prune a copy of the pretrained net to `budget` and fine-tune: `steps` in all.
 
-        `pre_steps` (≤ steps) of them train before pruning, with the sparsity regulariser
-        for network slimming; other methods prune at step 0 and fine-tune all `steps`.
+        `pre_steps` (≤ steps) of them come before the final structure: sparse training for
+        network slimming and DepGraph, training between the pruning steps of a progressive
+        schedule; the other methods prune at step 0 and fine-tune all `steps`. Every run
+        takes exactly `steps` optimizer steps (checked; the row records the count).
         """
-        run_id = f"{view}/{net.spec}/{method}/seed{seed}/budget={budget}/steps={steps}"
+        max_ratio = self.cfg.max_ratio(net.spec)
+        tag = f"/max_ratio={max_ratio:g}" if method in BASELINES else ""
+        run_id = f"{view}/{net.spec}/{method}/seed{seed}{tag}/budget={budget}/steps={steps}"
         if run_id in self.done_ids:
             return next(r for r in self.rows if r["run_id"] == run_id)
         t0 = time.perf_counter()
@@ -299,29 +338,17 @@ class Bench:
         model.to(self.device)
         target = int(budget * net.full_macs)
         example = self.example.to(self.device)
+        self.trained = 0
         try:
             if method == UNIFORM:
                 model, _ = uniform_width(model, example, target)
+            elif method == KNAPSACK:
+                batches = stream.batches(KNAPSACK_BATCHES)
+                model, _ = knapsack_oneshot(model, example, target, batches, self.device)
             else:
-                spec = BASELINES[method]
-                pruner = tp_pruner(model, example, spec)
-                if spec.sparsity > 0:
-                    pre = min(pre_steps, steps)
-                    self.train(
-                        model,
-                        stream,
-                        pre,
-                        t.prune_lr,
-                        use_cosine=False,
-                        after_backward=lambda m: pruner.regularize(m),
-                    )
-                    steps -= pre
-                grads = (
-                    taylor_gradients(stream.batches(10**9), self.device)
-                    if spec.importance == "taylor"
-                    else None
+                model = self._torch_pruning(
+                    model, stream, BASELINES[method], target, min(pre_steps, steps), max_ratio
                 )
-                prune_to_macs(model, example, target, pruner, gradients=grads)
         except BudgetError as exc:  # e.g. uniform width cannot thin a tiny net that far
             self.console.print(f"[yellow]skipped[/yellow] {run_id}: {exc}")
             self.unreachable.append(run_id)
@@ -329,11 +356,15 @@ class Bench:
         n = t.bn_recalibration_batches
         acc0, acc1 = finetune_structure(
             model,
-            steps,
+            steps - self.trained,
             recalibrate=lambda m: recalibrate_bn(m, stream.batches(n), self.device, n),
             evaluate=lambda m: evaluate(m, self.data.test, self.device),
             fit=lambda m, s: self.train(m, stream, s, t.finetune_lr),
         )
+        if self.trained != steps:
+            raise TaperpruneError(
+                f"{run_id} took {self.trained} optimizer steps, not {steps}: a harness bug"
+            )
         row = self._row(
             net,
             view,
@@ -341,7 +372,7 @@ class Bench:
             seed,
             budget,
             model,
-            steps=run_id_steps(run_id),
+            steps=self.trained,
             acc_before_finetune=acc0,
             acc=acc1,
             run_seconds=time.perf_counter() - t0,
@@ -350,6 +381,66 @@ class Bench:
         )
         self._add([row])
         return row
+
+    def _torch_pruning(
+        self,
+        model: nn.Module,
+        stream: BatchStream,
+        spec: BaselineMethod,
+        target: int,
+        pre_steps: int,
+        max_ratio: float,
+    ) -> nn.Module:
+        """A Torch-Pruning baseline up to its final structure (docs/BASELINES.md); the
+        optimizer steps it takes (sparse training, training between steps) are `pre_steps`
+        for sparse training and progressive schedules, none otherwise."""
+        t = self.cfg.train
+        example = self.example.to(self.device)
+        floors = width_floors(model, max_ratio)
+        isomorphic = spec.global_pruning and has_residual(model, example)
+        grads = None
+        if spec.importance == "taylor":
+
+            def grads(m: nn.Module) -> None:
+                accumulate_gradients(m, stream.batches(TAYLOR_BATCHES), self.device)
+
+        if spec.sparsity > 0:
+            # Torch-Pruning's sparse training: its regulariser's gradient is added after
+            # backward, and the optimizer has no weight decay meanwhile (reproduce/main.py).
+            reg = tp_pruner(
+                model, example, spec, ratio=0.5, max_ratio=max_ratio, isomorphic=isomorphic
+            )
+            reg.update_regularizer()
+            self.train(
+                model,
+                stream,
+                pre_steps,
+                t.prune_lr,
+                use_cosine=False,
+                after_backward=lambda m: reg.regularize(m),
+                weight_decay=0.0,
+            )
+            del reg
+        if spec.iterative_steps > 1:
+            small, _ = prune_progressive(
+                model,
+                example,
+                target,
+                spec,
+                floors=floors,
+                max_ratio=max_ratio,
+                isomorphic=isomorphic,
+                train=lambda m, n: self.train(m, stream, n, t.prune_lr, use_cosine=False),
+                train_steps=pre_steps,
+                gradients=grads,
+            )
+            return small
+        if grads is not None:
+            grads(model)
+        small, _, _ = prune_oneshot(
+            model, example, target, spec, floors=floors, max_ratio=max_ratio, isomorphic=isomorphic
+        )
+        return small
 
     def run(self) -> list[dict[str, Any]]:
         """Every view for every net and seed; returns all rows (also in results.csv)."""

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from .harness import Bench, Net
 
 
+def _budgets(cfg: BenchConfig, method: str) -> tuple[float, ...]:
+    """The per-budget view's budgets of a baseline (the last only for one-budget methods)."""
+    return cfg.budgets[-1:] if method in cfg.one_budget_methods else cfg.budgets
+
+
 def _taper_steps_at(rows: Sequence[dict[str, Any]], budget: float) -> int:
     return next(int(r["steps"]) for r in rows if r["budget"] == budget)
 
@@ -33,7 +38,7 @@ def per_budget(bench: Bench, net: Net, seed: int, tick: Callable[[], None]) -> N
             reference = rows
         tick()
     for method in (m for m in cfg.methods if m not in TAPERPRUNE):
-        for budget in cfg.budgets:
+        for budget in _budgets(cfg, method):
             if reference:
                 steps = _taper_steps_at(reference, budget)
             else:  # no taperprune run to match: its nominal step count
@@ -90,8 +95,7 @@ def steps_sweep(bench: Bench, net: Net, seed: int, tick: Callable[[], None]) -> 
 
 def count_runs(cfg: BenchConfig) -> int:
     k = len(cfg.budgets)
-    taper = sum(m in TAPERPRUNE for m in cfg.methods)
-    per = taper + k * (len(cfg.methods) - taper)
+    per = sum(1 if m in TAPERPRUNE else len(_budgets(cfg, m)) for m in cfg.methods)
     n = 0
     if "per-budget" in cfg.views:
         n += per

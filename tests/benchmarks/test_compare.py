@@ -15,8 +15,32 @@ import pytest
 import torch
 from benchmarks.compare import harness as bench_mod
 from benchmarks.compare.__main__ import app
-from benchmarks.compare.baselines import BASELINES, prune_to_macs, tp_pruner, uniform_width
-from benchmarks.compare.config import METHODS, TAPERPRUNE, BenchConfig, quick_config
+from benchmarks.compare.baselines import (
+    BASELINES,
+    KNAPSACK,
+    PROGRESSIVE_STEPS,
+    UNIFORM,
+    BaselineMethod,
+    accumulate_gradients,
+    capped_step,
+    has_residual,
+    knapsack_oneshot,
+    output_layer,
+    prune_oneshot,
+    prune_progressive,
+    tp_pruner,
+    uniform_width,
+    width_floors,
+)
+from benchmarks.compare.config import (
+    ALL_METHODS,
+    METHODS,
+    NEWER_BASELINES,
+    TAPERPRUNE,
+    BenchConfig,
+    parse_max_ratios,
+    quick_config,
+)
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import parse_net
 from benchmarks.compare.table import Cell, markdown, within_noise
@@ -34,7 +58,7 @@ VOLATILE = {"run_seconds", "latency_ms"}  # timings: everything else must repeat
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(
-        app, ["--quick", "--data", DATA, "--out", str(out), "--threads", "2"]
+        app, ["--quick", "--data", DATA, "--out", str(out), "--threads", "1"]
     )
     assert result.exit_code == 0, result.output
     return out, bench_mod.read_rows(out / "results.csv")
@@ -43,9 +67,12 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
 def test_quick_bench_covers_every_method_and_view(quick: tuple[Path, list[dict[str, Any]]]):
     out, rows = quick
     per_budget = {r["method"] for r in rows if r["view"] == "per-budget"}
-    assert per_budget == set(METHODS)
+    assert per_budget == set(METHODS) == set(ALL_METHODS) - {"tp_l1_layer"}
     assert {r["view"] for r in rows} == {"per-budget", "curve", "steps"}
-    assert len(rows) == len(METHODS) * 2 + 2 * 2 + 2 * 2  # per-budget, curve, steps
+    # per-budget (the newer baselines at the last budget only), curve, steps
+    assert len(rows) == len(METHODS) * 2 - len(NEWER_BASELINES) + 2 * 2 + 2 * 2
+    for method in NEWER_BASELINES:  # at the quick mode's lowest budget: the caps bind there
+        assert {r["budget"] for r in rows if r["method"] == method} == {0.125}
     table = (out / "table.md").read_text()
     for method in METHODS:
         assert f"| {method} |" in table
@@ -126,46 +153,232 @@ def _trained_like(name: str = "demo_cnn") -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("method", list(BASELINES))
-@pytest.mark.parametrize("fraction", [0.5, 0.03])
-def test_torch_pruning_baselines_land_at_or_below_the_target(method: str, fraction: float):
-    model = _trained_like()
-    x = torch.zeros(1, 1, 28, 28)
-    target = int(fraction * count_macs(model, x))
-    pruner = tp_pruner(model, x, BASELINES[method])
+X = torch.zeros(1, 1, 28, 28)
+
+
+def _batches(n: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _conv_widths(model: torch.nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def _assert_floors(model: torch.nn.Module, floors: dict[str, int]) -> None:
+    """No layer has fewer channels than its max pruning ratio allows."""
+    modules = dict(model.named_modules())
+    for name, floor in floors.items():
+        m = modules[name]
+        width = m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels
+        assert width >= floor, (name, width, floor)
+
+
+def _run_tp(
+    method: str, model: torch.nn.Module, target: int, max_ratio: float, *, trained: list[int]
+) -> tuple[torch.nn.Module, int]:
+    """A Torch-Pruning baseline as the harness drives it, `trained` collecting the
+    optimizer steps of its training between steps (here: noise on the weights)."""
+    spec = BASELINES[method]
+    floors = width_floors(model, max_ratio)
+    iso = spec.global_pruning and has_residual(model, X)
 
     def grads(m: torch.nn.Module) -> None:
-        m.zero_grad()
-        m(torch.randn(8, 1, 28, 28)).square().mean().backward()
+        accumulate_gradients(m, _batches(), torch.device("cpu"))
 
-    taylor = BASELINES[method].importance == "taylor"
-    macs = prune_to_macs(model, x, target, pruner, gradients=grads if taylor else None)
-    assert macs == count_macs(model, x) <= target
-    assert macs > 0.5 * target  # small increments: it does not overshoot far
-    assert model(x).shape == (1, 10)
+    taylor = grads if spec.importance == "taylor" else None
+    if spec.iterative_steps > 1:
+
+        def train(m: torch.nn.Module, n: int) -> None:
+            trained.append(n)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+
+        return prune_progressive(
+            model, X, target, spec, floors=floors, max_ratio=max_ratio, isomorphic=iso,
+            train=train, train_steps=7, gradients=taylor,
+        )  # fmt: skip
+    if taylor is not None:
+        taylor(model)
+    small, macs, _ = prune_oneshot(
+        model, X, target, spec, floors=floors, max_ratio=max_ratio, isomorphic=iso
+    )
+    return small, macs
 
 
-def test_uniform_width_scales_every_layer_alike():
+@pytest.mark.parametrize("method", list(BASELINES))
+@pytest.mark.parametrize("fraction", [0.5, 0.03])
+def test_torch_pruning_baselines_land_at_or_below_the_target_within_their_max_ratio(
+    method: str, fraction: float
+):
     model = _trained_like()
-    x = torch.zeros(1, 1, 28, 28)
-    target = int(0.25 * count_macs(model, x))
-    small, macs = uniform_width(model, x, target)
-    assert macs == count_macs(small, x) <= target
-    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
-    full = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    ratios = [w / f for w, f in zip(widths, full, strict=True)]
-    assert max(ratios) - min(ratios) <= 1.0 / min(full)  # one rounding step apart at most
-    wider, _ = uniform_width(model, x, int(target * 1.3))
-    assert count_macs(wider, x) > macs  # the bisection finds the widest fit, not any fit
+    full = count_macs(model, X)
+    target = int(fraction * full)
+    trained: list[int] = []
+    small, macs = _run_tp(method, copy.deepcopy(model), target, 0.9, trained=trained)
+    assert macs == count_macs(small, X) <= target
+    assert macs > 0.9 * target  # bisection: the largest fit, not any fit
+    _assert_floors(small, width_floors(model, 0.9))
+    assert small(X).shape == (1, 10)
+    if BASELINES[method].iterative_steps > 1:  # training between its steps, 7 steps in all
+        assert len(trained) == PROGRESSIVE_STEPS - 1 and sum(trained) == 7
+    else:
+        assert not trained
+
+
+@pytest.mark.parametrize("max_ratio", [0.8, 0.95])
+def test_the_max_ratio_is_a_floor_per_layer(max_ratio: float):
+    model = _trained_like()
+    floors = width_floors(model, max_ratio)
+    assert floors == {
+        n: math.ceil(w * (1 - max_ratio) - 1e-9)
+        for n, w in zip(("0", "4", "8", "11"), _conv_widths(model), strict=True)
+    }
+    target = int(0.05 * count_macs(model, X))
+    small, macs = _run_tp("tp_l1_global", copy.deepcopy(model), target, max_ratio, trained=[])
+    assert macs <= target
+    _assert_floors(small, floors)
+
+
+def test_the_cap_binds_where_torch_pruning_alone_overshoots_it():
+    """Torch-Pruning 1.6.1 checks max_pruning_ratio before a step only: one step at ratio
+    0.9 thins a layer below it. `capped_step` keeps every layer at its floor."""
+    model = _trained_like()
+    floors = width_floors(model, 0.9)
+    spec = BASELINES["tp_l1_global"]
+    plain = copy.deepcopy(model)
+    tp_pruner(plain, X, spec, ratio=0.9, max_ratio=0.9, isomorphic=False).step()
+    assert any(w < f for w, f in zip(_conv_widths(plain), floors.values(), strict=True))
+    capped = copy.deepcopy(model)
+    pruner = tp_pruner(capped, X, spec, ratio=0.9, max_ratio=0.9, isomorphic=False)
+    capped_step(pruner, capped, floors)
+    _assert_floors(capped, floors)
+    assert count_macs(capped, X) > count_macs(plain, X)
 
 
 def test_baselines_refuse_an_unreachable_target():
     model = _trained_like()
-    x = torch.zeros(1, 1, 28, 28)
+    target = int(0.03 * count_macs(model, X))
+    with pytest.raises(BudgetError, match="max pruning ratio"):  # 0.8 keeps ≥ 20 % of each
+        _run_tp("tp_l1_global", copy.deepcopy(model), target, 0.8, trained=[])
     with pytest.raises(BudgetError, match="target"):
-        prune_to_macs(copy.deepcopy(model), x, 10, tp_pruner(model, x, BASELINES["tp_l1_global"]))
+        uniform_width(model, X, 10)
     with pytest.raises(BudgetError, match="target"):
-        uniform_width(model, x, 10)
+        knapsack_oneshot(model, X, 10, _batches(2), torch.device("cpu"))
+
+
+def test_residual_nets_are_told_apart_by_the_graph():
+    assert not has_residual(_trained_like(), X)
+    assert has_residual(build_model("resnet20", num_classes=10, in_channels=1), X)
+    x3 = torch.zeros(1, 3, 32, 32)
+    assert has_residual(build_model("mobilenet_small", num_classes=10, in_channels=3), x3)
+    assert not has_residual(build_model("vgg_small", num_classes=10, in_channels=3), x3)
+
+
+def test_taylor_reads_gradients_accumulated_over_several_batches():
+    model = _trained_like()
+    batches = _batches(8)
+    accumulate_gradients(model, batches, torch.device("cpu"))
+    mean = [p.grad.clone() for p in model.parameters()]
+    loss_f = torch.nn.CrossEntropyLoss()
+    twin = copy.deepcopy(model)
+    for x, y in batches:
+        twin.zero_grad()
+        loss_f(twin(x), y).backward()
+        one = [p.grad.clone() for p in twin.parameters()]
+    assert not all(torch.allclose(a, b) for a, b in zip(mean, one, strict=True))
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    for x, y in batches:
+        twin.zero_grad()
+        loss_f(twin(x), y).backward()
+        for e, p in zip(expected, twin.parameters(), strict=True):
+            e += p.grad / len(batches)
+    for a, e in zip(mean, expected, strict=True):
+        assert torch.allclose(a, e, atol=1e-6)
+
+
+def test_the_knapsack_lands_within_one_channel_below_the_target():
+    from taperprune.cost import build_cost_model, macs_and_marginals
+    from taperprune.graph import build_graph
+
+    model = _trained_like()
+    cm = build_cost_model(build_graph(model, X))
+    one_channel = float(macs_and_marginals(cm, torch.ones(cm.num_units, dtype=torch.bool))[1].max())
+    for fraction in (0.5, 0.03):
+        target = int(fraction * count_macs(model, X))
+        small, macs = knapsack_oneshot(model, X, target, _batches(), torch.device("cpu"))
+        assert macs == count_macs(small, X) <= target
+        assert target - macs <= one_channel
+        assert small(X).shape == (1, 10)
+        assert all(p.grad is None for p in model.parameters())  # the given model is untouched
+    # The other price (marginal MACs under the current masks) lands at or below it too.
+    cheap = knapsack_oneshot(model, X, target, _batches(), torch.device("cpu"), price="macs")[0]
+    assert count_macs(cheap, X) <= target
+
+
+def test_uniform_width_scales_every_layer_alike():
+    model = _trained_like()
+    target = int(0.25 * count_macs(model, X))
+    small, macs = uniform_width(model, X, target)
+    assert macs == count_macs(small, X) <= target
+    widths, full = _conv_widths(small), _conv_widths(model)
+    ratios = [w / f for w, f in zip(widths, full, strict=True)]
+    assert max(ratios) - min(ratios) <= 1.0 / min(full)  # one rounding step apart at most
+    wider, _ = uniform_width(model, X, int(target * 1.3))
+    assert count_macs(wider, X) > macs  # the bisection finds the widest fit, not any fit
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.125])
+def test_per_layer_l1_is_uniform_width_below_its_cap_so_it_is_off_by_default(fraction: float):
+    model = _trained_like()
+    target = int(fraction * count_macs(model, X))
+    layer, _ = _run_tp("tp_l1_layer", copy.deepcopy(model), target, 0.9, trained=[])
+    uniform, _ = uniform_width(model, X, target)
+    assert _conv_widths(layer) == _conv_widths(uniform)
+    assert "tp_l1_layer" in ALL_METHODS and "tp_l1_layer" not in METHODS
+    assert {KNAPSACK, UNIFORM, *BASELINES} - {"tp_l1_layer"} <= set(METHODS)
+
+
+def test_baseline_settings_are_consistent():
+    model = _trained_like()
+    assert output_layer(model) is [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert "output" not in width_floors(model, 0.9) and len(width_floors(model, 0.9)) == 4
+    with pytest.raises(TaperpruneError, match="do not combine"):
+        BaselineMethod("l1", True, sparsity=1e-4, iterative_steps=5)
+    assert BASELINES["tp_group_sl"].sparsity == 5e-4  # Torch-Pruning's ResNet-56 recipe
+    assert all(BASELINES[m].iterative_steps == PROGRESSIVE_STEPS for m in BASELINES if "_iter" in m)
+
+
+def test_every_baseline_run_takes_exactly_its_optimizer_steps(quick, tmp_path: Path, monkeypatch):
+    """Equal steps, counted in the training loop itself: sparse training, training between
+    progressive steps and the fine-tune add up to the steps the view gives."""
+    out, _ = quick
+    given = out / "pretrained" / "demo_cnn" / "seed0" / "model.safetensors"
+    cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path)))
+    cfg = dataclasses.replace(cfg, train=cfg.train.updated(weights=str(given)))
+    bench = Bench(cfg)
+    net = bench.pretrained("demo_cnn", 0)
+    taken: list[int] = []
+    fit = bench_mod.FitLoop.fit
+
+    def counting(self: Any, model: Any, stream: Any, opt: Any, steps: int, **kw: Any) -> None:
+        taken.append(steps)
+        fit(self, model, stream, opt, steps, **kw)
+
+    monkeypatch.setattr(bench_mod.FitLoop, "fit", counting)
+    for method in ("tp_l1_global_iter", "tp_group_sl", KNAPSACK):
+        taken.clear()
+        row = bench.run_baseline(net, "per-budget", method, 0, 0.125, 13, 9)
+        assert row is not None and row["macs"] <= row["target_macs"]
+        assert sum(taken) == row["steps"] == 13, (method, taken)
+        if method == "tp_l1_global_iter":  # 9 steps between its 5 pruning steps, then 4
+            assert taken == [3, 2, 2, 2, 4]
+        if method == "tp_group_sl":  # 9 steps of sparse training, then 4 of fine-tuning
+            assert taken == [9, 4]
 
 
 # ------------------------------------------------------------------ tables and settings
@@ -212,10 +425,35 @@ def test_parse_net_and_config_errors():
         dataclasses.replace(BenchConfig(), views=("sideways",))
 
 
+def test_max_pruning_ratio_is_a_setting_per_net():
+    cfg = BenchConfig()
+    assert cfg.max_ratio("demo_cnn") == cfg.max_ratio("demo_cnn:width=8") == 0.9
+    assert cfg.max_ratio("resnet20") == 0.9 and cfg.max_ratio("vgg_small") == 0.9  # default
+    every = BenchConfig(max_pruning_ratio=parse_max_ratios("0.95"))
+    assert every.max_ratio("resnet20") == every.max_ratio("demo_cnn:width=8") == 0.95
+    some = BenchConfig(max_pruning_ratio=parse_max_ratios("resnet20=0.8,demo_cnn:width=8=0.95"))
+    assert some.max_ratio("resnet20") == 0.8 and some.max_ratio("demo_cnn") == 0.9
+    assert some.max_ratio("demo_cnn:width=8") == 0.95
+    with pytest.raises(TaperpruneError, match=r"\(0, 1\)"):
+        BenchConfig(max_pruning_ratio=parse_max_ratios("1.5"))
+    with pytest.raises(TaperpruneError, match="max-pruning-ratio"):
+        parse_max_ratios("resnet20=most")
+
+
+def test_the_max_ratio_is_part_of_a_torch_pruning_run_id(quick):
+    _, rows = quick
+    for r in rows:
+        tagged = "/max_ratio=0.9/" in r["run_id"]
+        assert tagged == (r["method"] in BASELINES), r["run_id"]
+
+
 def test_cli_reports_bad_bench_options(tmp_path: Path):
     result = CliRunner().invoke(app, ["--budgets", "half", "--out", str(tmp_path)])
     assert isinstance(result.exception, TaperpruneError)
     assert "--budgets" in str(result.exception)
+    result = CliRunner().invoke(app, ["--max-pruning-ratio", "lots", "--out", str(tmp_path)])
+    assert isinstance(result.exception, TaperpruneError)
+    assert "--max-pruning-ratio" in str(result.exception)
 
 
 def test_a_baseline_that_cannot_reach_its_budget_is_skipped_and_named(tmp_path: Path):
@@ -227,6 +465,16 @@ def test_a_baseline_that_cannot_reach_its_budget_is_skipped_and_named(tmp_path: 
         "per-budget/demo_cnn:width=8/uniform_width/seed0/budget=0.011/steps=4"
     ]
     assert not bench.rows and not (tmp_path / "results.csv").exists()
+
+
+def test_rows_of_the_older_torch_pruning_baselines_are_refused(quick, tmp_path: Path):
+    """The 400-increment rows would pool with the new ones under the same method name."""
+    _, rows = quick
+    old = next(r for r in rows if r["method"] == "tp_l1_global" and r["view"] == "per-budget")
+    old = {**old, "run_id": old["run_id"].replace("/max_ratio=0.9", "")}
+    bench_mod.write_rows(tmp_path / "results.csv", [old])
+    with pytest.raises(TaperpruneError, match="tp_l1_global rows of the harness before"):
+        Bench(quick_config(BenchConfig(data=DATA, out=str(tmp_path))))
 
 
 def test_given_weights_are_every_methods_start(quick, tmp_path: Path, monkeypatch):
