@@ -26,6 +26,7 @@ import argparse
 import csv
 import datetime as dt
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ import torch
 from benchmarks.bench_latency import others_now, versions, wait_others
 from taperprune.blocks import group_widths
 from taperprune.constraint import _rank_within
+from taperprune.export import export_onnx
 from taperprune.graph import build_graph
-from taperprune.latency_table import LatencySettings, RuntimeMeter, build_latency_model
+from taperprune.latency import onnx_latency, torch_latency
+from taperprune.latency_table import LatencySettings, build_latency_model
 from taperprune.models import build_model
 from taperprune.surgery import remove_masked
 
@@ -56,6 +59,9 @@ FIELDS = [
     "predicted_ms",
     "measured_ms",
     "error",
+    "tables_ms",  # Σ layer tables before the calibration's scale (to refit it offline)
+    "activations",
+    "calibration",  # base_ms / per_act_ms / scale of this model
     "model_seconds",
     "others_cores",
     "when",
@@ -87,44 +93,82 @@ def measure_net(name: str, args: argparse.Namespace, write: Any) -> None:
     x = torch.zeros((1, *shape))
     graph = build_graph(model, x)
     for runtime in args.runtimes:
-        for batch in args.batches:
+        models = {}
+        for batch in args.batches:  # each batch size has its own tables and calibration
             settings = LatencySettings(runtime, batch, args.threads)
-            meter = RuntimeMeter(settings)
             wait_others(args.wait_quiet)
             t0 = time.perf_counter()
-            lm = build_latency_model(model, x, graph, settings, meter=meter, cache=False)
-            seconds = time.perf_counter() - t0
-            for round_to in args.round_to:
-                gen = torch.Generator().manual_seed(1000 + round_to)
-                for i in range(args.configs):
-                    keep = random_keep(graph, gen, round_to)
-                    small = remove_masked(model, graph, keep, verify=False)
-                    for _attempt in range(3):  # re-timed when others ran meanwhile
-                        measured = meter.net_ms(small, shape)
-                        busy = others_now(0.3)
-                        if busy < 0.25:
-                            break
-                        wait_others(args.wait_quiet)
-                    predicted = lm.total(keep) / 1e6
-                    write(
-                        {
-                            "net": name,
-                            "input": "x".join(map(str, shape)),
-                            "runtime": runtime,
-                            "batch": batch,
-                            "threads": settings.resolved_threads(),
-                            "round_to": round_to,
-                            "config": i,
-                            "widths": "-".join(map(str, group_widths(graph, keep).tolist())),
-                            "predicted_ms": round(predicted, 5),
-                            "measured_ms": round(measured, 5),
-                            "error": round(abs(predicted - measured) / measured, 5),
-                            "model_seconds": round(seconds, 1),
-                            "others_cores": round(busy, 2),
-                            "when": dt.datetime.now().isoformat(timespec="seconds"),
-                            "versions": versions(),
-                        }
-                    )
+            lm = build_latency_model(model, x, graph, settings, cache=False)
+            models[batch] = (settings, lm, time.perf_counter() - t0)
+        for round_to in args.round_to:
+            gen = torch.Generator().manual_seed(1000 + round_to)
+            for i in range(args.configs):
+                keep = random_keep(graph, gen, round_to)
+                small = remove_masked(model, graph, keep, verify=False)
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "m.onnx"
+                    if runtime == "onnxruntime":  # exported once, timed at every batch
+                        export_onnx(small, shape, path, check=False)
+                    for settings, lm, seconds in models.values():
+                        measured, busy = _timed(small, path, shape, settings, args)
+                        row = _row(name, shape, settings, round_to, i, graph, keep, lm)
+                        row.update(
+                            measured_ms=round(measured, 5),
+                            error=round(abs(row["predicted_ms"] - measured) / measured, 5),
+                            model_seconds=round(seconds, 1),
+                            others_cores=round(busy, 2),
+                        )
+                        write(row)
+
+
+def _timed(
+    small: torch.nn.Module,
+    path: Path,
+    shape: tuple[int, ...],
+    settings: LatencySettings,
+    args: argparse.Namespace,
+) -> tuple[float, float]:
+    """(median ms, others' cores meanwhile), re-timed (twice at most) when others ran."""
+    threads = settings.resolved_threads()
+    for _attempt in range(3):
+        if settings.runtime == "onnxruntime":
+            ms = onnx_latency(path, shape, settings.batch, threads=threads).median_ms
+        else:
+            ms = torch_latency(small, shape, settings.batch, threads=threads).median_ms
+        busy = others_now(0.3)
+        if busy < 0.25:
+            break
+        wait_others(args.wait_quiet)
+    return ms, busy
+
+
+def _row(
+    name: str,
+    shape: tuple[int, ...],
+    settings: LatencySettings,
+    round_to: int,
+    i: int,
+    graph: Any,
+    keep: torch.Tensor,
+    lm: Any,
+) -> dict[str, Any]:
+    tables_ms, acts = lm.parts(keep)
+    return {
+        "net": name,
+        "input": "x".join(map(str, shape)),
+        "runtime": settings.runtime,
+        "batch": settings.batch,
+        "threads": settings.resolved_threads(),
+        "round_to": round_to,
+        "config": i,
+        "widths": "-".join(map(str, group_widths(graph, keep).tolist())),
+        "predicted_ms": round(lm.total(keep) / 1e6, 5),
+        "tables_ms": round(tables_ms, 5),
+        "activations": round(acts),
+        "calibration": f"{lm.base_ms:.5g}/{lm.per_act_ms:.4g}/{lm.scale:.4g}",
+        "when": dt.datetime.now().isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
 
 
 def markdown(path: Path) -> str:

@@ -173,6 +173,12 @@ class LatencyModel:
         d = self._in_mat.t() @ d_in + self._out_mat.t() @ d_out
         return total, d[:-1] * m[:-1]
 
+    def parts(self, masks: torch.Tensor) -> tuple[float, float]:
+        """(Σ layer tables in ms before `scale`, output elements of the counted layers): what
+        the calibration weighs, for refitting it (benchmarks)."""
+        _, a, b = self._widths(masks)
+        return float(self._table_ns(a, b).sum()) / 1e6 / self.scale, float((self.act * b).sum())
+
     def per_layer(self, masks: torch.Tensor) -> dict[str, int]:
         """Per-layer nanoseconds of the masked network (the remainder not included)."""
         _, a, b = self._widths(masks)
