@@ -125,7 +125,7 @@ def _pruner(budgets: list[str], *, cache: Path | bool = False, **cfg: object) ->
     torch.manual_seed(0)
     net = demo_cnn(in_channels=1, num_classes=10)
     x = torch.randn(8, 1, 28, 28)
-    config = PrunerConfig(warmup_steps=2, latency_runtime="torch", **cfg)
+    config = PrunerConfig(**{"warmup_steps": 2, "latency_runtime": "torch", **cfg})  # type: ignore[arg-type]
     config = replace(config, schedule=replace(config.schedule, steps=40))
     return TaperPruner(
         net, x, budgets, config=config, latency_meter=FakeMeter(), latency_cache=cache
@@ -282,3 +282,8 @@ def test_unknown_runtime_is_refused() -> None:
         PrunerConfig(latency_runtime="tensorrt")
     with pytest.raises(TaperpruneError, match="unknown latency runtime"):
         LatencySettings("tensorrt")
+
+
+def test_onnxruntime_budgets_without_round_to_8_say_why() -> None:
+    assert "round_to=8" in " ".join(_pruner(["0.5latency"], latency_runtime="onnxruntime").notes)
+    assert _pruner(["0.5latency"], latency_runtime="onnxruntime", round_to=8).notes == []

@@ -275,8 +275,43 @@ def test_kind_accepts_strings():
         dict(grow=0.9),
         dict(loss_beta=1.0),
         dict(loss_beta=-0.1),
+        dict(reference="best"),
+        dict(reference_beta=1.0),
+        dict(loss_beta=0.99, reference_beta=0.9),  # the reference must be the slower one
     ],
 )
 def test_config_validation(kw):
     with pytest.raises(ValueError):
         ScheduleConfig(**kw)
+
+
+def test_trailing_reference_follows_a_loss_that_settles_higher():
+    """A loss that steps up 20 % and stays: the warm-up reference pauses the taper for
+    good, the trailing one catches up with it and lets the controller speed up again."""
+    losses = [REF] * 10 + [1.2 * REF] * 600
+    warm = run(adaptive(steps=2000), losses)
+    trail = run(adaptive(steps=2000, reference="trailing"), losses)
+    assert all(s.paused for s in warm[12:])
+    assert trail[12].paused  # the rise is seen at once ...
+    assert not trail[-1].paused  # ... and absorbed: the loss is where training holds it
+    assert trail[-1].ref == pytest.approx(1.2 * REF, rel=0.01)
+    assert trail[-1].rate > trail[200].rate  # speeding up again
+    assert trail[-1].budget < warm[-1].budget
+
+
+def test_trailing_reference_slows_for_a_rising_loss_and_speeds_up_when_it_recovers():
+    """The controller follows the training: a loss climbing faster than the reference
+    trails it slows the taper (rate falls), a loss coming back speeds it up."""
+    cfg = adaptive(steps=3000, reference="trailing")
+    climb = [REF * (1 + 0.004 * i) for i in range(100)]
+    recover = [climb[-1] * (1 - 0.002 * i) for i in range(100)]
+    states = run(cfg, [REF] * 20 + climb + recover)
+    assert any(s.paused or s.rate < states[20].rate for s in states[60:120])  # slowed down
+    assert not states[-1].paused and states[-1].rate > states[120].rate  # sped up again
+
+
+def test_trailing_reference_starts_from_the_warmup_loss():
+    cfg = adaptive(reference="trailing")
+    one = run(cfg, [REF * 1.5], ref=REF)[1]
+    assert one.ref == pytest.approx(cfg.reference_beta * REF + (1 - cfg.reference_beta) * 1.5)
+    assert one.ref_steps == 1

@@ -20,11 +20,19 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_oneshot": {"schedule": "oneshot"},
     "taperprune_soft_price": {"price_power": 0.5},  # orders by s / d**0.5
     "taperprune_marginal_price": {"price": "macs"},  # the marginal MACs of the moment
+    "taperprune_trailing": {"reference": "trailing"},  # the adaptive taper on a trailing loss
+    "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
+    "taperprune_round8": {"round_to": 8},
 }
 BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
 ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS)
-# What `--methods all` and the default run: every method but OFF_BY_DEFAULT.
-METHODS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m not in OFF_BY_DEFAULT)
+# Variants measured for one question each (the taper's reference, a fixed schedule,
+# round_to 8): run when named in --methods.
+ON_DEMAND = ("taperprune_trailing", "taperprune_exponential", "taperprune_round8")
+# What `--methods all` and the default run: every method but OFF_BY_DEFAULT and ON_DEMAND.
+METHODS: tuple[str, ...] = tuple(
+    m for m in ALL_METHODS if m not in OFF_BY_DEFAULT and m not in ON_DEMAND
+)
 # Added with docs/BASELINES.md: the quick mode runs these at its last budget only.
 NEWER_BASELINES: tuple[str, ...] = ("tp_l1_global_iter", "tp_taylor_iter", "tp_group_sl", KNAPSACK)
 VIEWS = ("per-budget", "curve", "steps")

@@ -2,7 +2,7 @@
 
 Every conv/linear layer is timed alone (its own input size, the chosen runtime, batch and
 threads) over a grid of (live inputs, live outputs); identical layers are timed once. The
-whole network is timed at four uniform widths to fit the calibration (see
+whole network is timed at four uniform and four random widths to fit the calibration (see
 `latency_model.py`). The result is cached on disk, keyed by the model's layers, the input
 shape, runtime, batch, threads, CPU model and library versions, and reused.
 """
@@ -374,11 +374,13 @@ def key_parts(
 
 
 CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.25)  # uniform shares of every group's units
+CALIBRATION_RANDOM = 4  # and this many networks of random widths (shares in [0.2, 1])
 
 
-def uniform_keep(graph: ChannelGraph, share: float) -> torch.Tensor:
-    """Every group's first `share` of its units, on a multiple of 8 channels where the
-    group is 16 or wider (as the tables' grid), at least one unit."""
+def uniform_keep(graph: ChannelGraph, share: float | torch.Tensor) -> torch.Tensor:
+    """Every group's first `share` of its units (one share, or one per group), on a
+    multiple of 8 channels where the group is 16 or wider (as the tables' grid), at least
+    one unit."""
     sizes = torch.tensor([g.size for g in graph.groups], dtype=torch.float64)
     channels = torch.where(
         sizes >= 16, (share * sizes / 8).round().clamp(min=1) * 8, (share * sizes).round()
@@ -436,9 +438,9 @@ def build_latency_model(
     shape = tuple(example_input.shape[1:])
     raw = _assemble(specs, tables, graph, 0.0, 0.0, 1.0)
     points = []
-    for share in CALIBRATION_WIDTHS:
+    for share in calibration_shares(len(graph.groups)):
         keep = uniform_keep(graph, share)
-        net = model if share == 1.0 else remove_masked(model, graph, keep, verify=False)
+        net = model if bool(keep.all()) else remove_masked(model, graph, keep, verify=False)
         points.append((meter.net_ms(net, shape), raw.total(keep) / 1e6, _act_total(raw, keep)))
     base_ms, per_act_ms, scale = fit_calibration(points)
     if path is not None:
@@ -451,8 +453,7 @@ def build_latency_model(
                 "per_act_ms": per_act_ms,
                 "scale": scale,
                 "calibration": [
-                    {"share": s, "measured_ms": m, "tables_ms": t, "activations": a}
-                    for s, (m, t, a) in zip(CALIBRATION_WIDTHS, points, strict=True)
+                    {"measured_ms": m, "tables_ms": t, "activations": a} for m, t, a in points
                 ],
             },
         )
@@ -462,6 +463,17 @@ def build_latency_model(
 def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
     m = torch.cat([keep.to(torch.float64), torch.ones(1, dtype=torch.float64)])
     return float((lm.act * (lm._out_mat @ m)).sum())
+
+
+def calibration_shares(num_groups: int) -> list[float | torch.Tensor]:
+    """The networks the calibration is fitted on: uniform widths (all, ¾, ½, ¼ of every
+    group) and CALIBRATION_RANDOM of random widths per group (seeded): uniform nets alone
+    let one runtime quirk of a uniform shape set the scale for every other shape."""
+    gen = torch.Generator().manual_seed(0)
+    shares: list[float | torch.Tensor] = list(CALIBRATION_WIDTHS)
+    for _ in range(CALIBRATION_RANDOM):
+        shares.append(0.2 + 0.8 * torch.rand(num_groups, generator=gen, dtype=torch.float64))
+    return shares
 
 
 def fit_calibration(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:

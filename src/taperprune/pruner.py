@@ -160,8 +160,16 @@ class TaperPruner:
             cache=latency_cache,
         )
         self.meter: Meter | None = None
+        self.notes: list[str] = []
         if self.unit == NS:
             self.meter = latency_meter if latency_meter is not None else RuntimeMeter(settings)
+            if settings.runtime == "onnxruntime" and config.round_to % 8:
+                # The tables are sampled on multiples of 8: widths between run slower.
+                self.notes.append(
+                    f"latency budgets in onnxruntime with round_to={config.round_to}: widths "
+                    "that are not multiples of 8 run slower than the latency model says; "
+                    "round_to=8 keeps them where it is accurate"
+                )
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
@@ -174,7 +182,6 @@ class TaperPruner:
         # What the solve aims at for each budget: the budget itself, lower where a latency
         # snapshot measured above budget × LATENCY_SLACK (then `notes` says so).
         self.goals: list[float] = [float(b) for b in self.budgets]
-        self.notes: list[str] = []
         self._retries = 0
         self.interactions = group_interactions(self.cost, self.graph.unit_group, n_groups)
         if check:  # before any training: fail now, not at a snapshot

@@ -4,8 +4,14 @@ Pure functions of a small state. Budgets are in MACs; `full` is the unpruned cos
 `final` the last requested budget. Every schedule reaches `final` within `steps`
 taper steps (plus one step per intermediate budget, where the pruner stops to take an
 exact snapshot): the adaptive controller slows down when the training loss rises above
-the loss measured before pruning, but never below the pace that still meets that
-deadline (a controller that may stall was measured to stall).
+its reference, but never below the pace that still meets that deadline (a controller
+that may stall was measured to stall).
+
+The reference is the loss measured before pruning (`reference: warmup`), or a slow
+moving average of the training loss itself (`reference: trailing`): a smaller network
+settles at a higher loss, which the warm-up reference reads as damage for good (the
+demo's controller was paused on 409 of 465 taper steps, so the deadline set the pace),
+while the trailing one reads a loss rising faster than training recovers it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
+
+REFERENCES = ("warmup", "trailing")
 
 
 class ScheduleKind(str, Enum):
@@ -33,9 +41,20 @@ class ScheduleConfig:
     grow: float = 1.05  # rate × grow per step while the loss is within tolerance
     shrink: float = 0.8  # rate × shrink per step while it is above
     loss_beta: float = 0.9  # EMA rate of the training loss seen by the controller
+    reference: str = "warmup"  # what the loss is compared with: "warmup" | "trailing"
+    reference_beta: float = 0.99  # trailing: EMA rate of the reference loss
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ScheduleKind(self.kind))
+        if self.reference not in REFERENCES:
+            raise ValueError(
+                f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
+            )
+        if not self.loss_beta < self.reference_beta < 1:
+            raise ValueError(
+                f"need loss_beta < reference_beta < 1 (the reference moves slower than the "
+                f"loss it is compared with), got {self.loss_beta}, {self.reference_beta}"
+            )
         if self.steps < 1:
             raise ValueError(f"taper steps must be ≥ 1, got {self.steps}")
         if self.tolerance <= 0:
@@ -59,6 +78,8 @@ class TaperState:
     loss_ema: float = 0.0  # raw EMA; see loss_estimate
     loss_steps: int = 0
     excess: float = 0.0  # last relative excess loss seen
+    ref: float = 0.0  # trailing reference: slow EMA of the loss, from the warm-up loss
+    ref_steps: int = 0  # steps the trailing reference has seen (0: not started)
 
 
 def even_rate(full: float, final: float, steps: int) -> float:
@@ -114,6 +135,11 @@ def advance(
         k = min(len(levels) - 1, (t - 1) * len(levels) // cfg.steps)
         budget = levels[k]
     else:
+        if cfg.reference == "trailing":
+            prev = state.ref if state.ref_steps else ref_loss
+            ref = cfg.reference_beta * prev + (1 - cfg.reference_beta) * loss
+            state = replace(state, ref=ref, ref_steps=state.ref_steps + 1)
+            ref_loss = ref
         excess = (loss_estimate(state, cfg.loss_beta) - ref_loss) / max(abs(ref_loss), 1e-12)
         state = control(
             cfg, replace(state, excess=excess), excess, even_rate(full, final, cfg.steps)

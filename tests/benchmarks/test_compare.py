@@ -36,6 +36,7 @@ from benchmarks.compare.config import (
     ALL_METHODS,
     METHODS,
     NEWER_BASELINES,
+    ON_DEMAND,
     TAPERPRUNE,
     BenchConfig,
     parse_max_ratios,
@@ -67,7 +68,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
 def test_quick_bench_covers_every_method_and_view(quick: tuple[Path, list[dict[str, Any]]]):
     out, rows = quick
     per_budget = {r["method"] for r in rows if r["view"] == "per-budget"}
-    assert per_budget == set(METHODS) == set(ALL_METHODS) - {"tp_l1_layer"}
+    assert per_budget == set(METHODS) == set(ALL_METHODS) - {"tp_l1_layer", *ON_DEMAND}
     assert {r["view"] for r in rows} == {"per-budget", "curve", "steps"}
     # per-budget (the newer baselines at the last budget only), curve, steps
     assert len(rows) == len(METHODS) * 2 - len(NEWER_BASELINES) + 2 * 2 + 2 * 2

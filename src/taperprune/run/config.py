@@ -61,6 +61,10 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    # Knowledge distillation from the unpruned model during the taper and the fine-tunes:
+    # the weight of its soft targets (0: off) and their temperature.
+    distill: float = Field(0.0, ge=0, le=1)
+    distill_temperature: float = Field(4.0, gt=0)
     method: PrunerConfig = Field(default_factory=PrunerConfig)  # flat keys: METHOD_KEYS
     exclude: tuple[str, ...] = ()  # layer names or patterns to keep whole
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")

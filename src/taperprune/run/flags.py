@@ -76,6 +76,12 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "schedule": (METHOD, "How the budget tapers: adaptive | linear | exponential | oneshot."),
     "tolerance": (METHOD, "Adaptive: relative loss rise above the reference that is allowed."),
     "pause_factor": (METHOD, "Adaptive: a rise above tolerance × this pauses the taper."),
+    "reference": (
+        METHOD,
+        "Adaptive: the loss it compares with: warmup (before pruning) | trailing (a slow "
+        "average of the loss: follows the rise a smaller net settles at).",
+    ),
+    "reference_beta": (METHOD, "Adaptive, trailing: EMA rate of the reference loss."),
     "max_speed": (METHOD, "Adaptive: fastest rate, as a multiple of the even rate."),
     "min_speed": (METHOD, "Adaptive: slowest rate, as a multiple of the even rate."),
     "grow": (METHOD, "Adaptive: rate × grow per step while the loss is within tolerance."),
@@ -95,6 +101,12 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
         "hardware-friendly shapes.",
     ),
     "max_bad_steps": (METHOD, "Consecutive non-finite steps before the run stops."),
+    "distill": (
+        TRAIN,
+        "Distil from the unpruned model during the taper and fine-tunes: the weight of its "
+        "soft targets in the loss (0: off, plain cross-entropy).",
+    ),
+    "distill_temperature": (TRAIN, "Temperature of the distillation's soft targets."),
     "latency_runtime": (
         METHOD,
         "Latency budgets: the runtime they are measured in (onnxruntime | torch); each layer "

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..distill import distillation_loss
 from ..errors import TaperpruneError
 from ..pruner import StepRecord, TaperPruner
 from . import distributed as ddp
@@ -71,6 +73,8 @@ class FitLoop:
     max_bad_steps: int = 20
     procs: ddp.Procs = ddp.SINGLE
     on_step: StepHook | None = None  # counts, checkpoints, interrupts (the pipeline)
+    distill: float = 0.0  # weight of the teacher's soft targets where a teacher is given
+    temperature: float = 4.0
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp is None:
@@ -90,21 +94,33 @@ class FitLoop:
         sched: torch.optim.lr_scheduler.LRScheduler | None = None,
         pruner: TaperPruner | None = None,
         after_backward: Callable[[nn.Module], None] | None = None,
+        teacher: nn.Module | None = None,
     ) -> Iterator[tuple[int, StepRecord | None]]:
         """Train `model` from step `start` to `total`; yields (index, pruner record) after each.
 
         A step whose loss or gradient is not finite changes neither the weights nor the
-        scores; `max_bad_steps` of them in a row stop training.
+        scores; `max_bad_steps` of them in a row stop training. With a `teacher` (and
+        `distill` > 0) the loss is `distillation_loss` against its outputs.
         """
         device = self.device
         net = ddp.wrap(self.procs, model, device)
         scaler = torch.amp.GradScaler(enabled=self.amp == "fp16" and device.type == "cuda")
-        loss_f = nn.CrossEntropyLoss()
+        weight = self.distill if teacher is not None else 0.0
         bad = 0
         model.train()
         for i, (x, y) in enumerate(stream.batches(total - start), start=start):
+            x, y = x.to(device), y.to(device)
             with self.autocast():
-                loss = loss_f(net(x.to(device)), y.to(device))
+                logits = net(x)
+                soft = None
+                if teacher is not None and weight > 0:
+                    with torch.no_grad():
+                        soft = teacher(x)
+                loss = (
+                    distillation_loss(logits, soft, y, weight, self.temperature)
+                    if soft is not None
+                    else F.cross_entropy(logits, y)
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if after_backward is not None:
@@ -151,10 +167,18 @@ class FitLoop:
         sched: torch.optim.lr_scheduler.LRScheduler | None = None,
         after_backward: Callable[[nn.Module], None] | None = None,
         label: str = "train",
+        teacher: nn.Module | None = None,
     ) -> None:
         """`steps` plain training steps (no pruner)."""
         for _ in self.steps(
-            label, model, stream, opt, steps, sched=sched, after_backward=after_backward
+            label,
+            model,
+            stream,
+            opt,
+            steps,
+            sched=sched,
+            after_backward=after_backward,
+            teacher=teacher,
         ):
             pass
 

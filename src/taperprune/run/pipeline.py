@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
+from torch import nn
 
 from ..budget import NS, amount, format_macs
 from ..cost import count_macs, count_params
+from ..distill import frozen_teacher
 from ..errors import TaperpruneError
-from ..files import write_atomic
+from ..files import load_weights, write_atomic
+from ..models import build_model
 from ..pruner import Snapshot
 from . import distributed as ddp
 from .checkpoint import has_checkpoint, load_checkpoint
@@ -45,13 +48,20 @@ class Run(Trainer):
         cfg = self.cfg
         self.prep = prepare(cfg, self.procs)
         self.loop = FitLoop(
-            self.prep.device, cfg.amp, cfg.max_bad_steps, self.procs, on_step=self._after_step
+            self.prep.device,
+            cfg.amp,
+            cfg.max_bad_steps,
+            self.procs,
+            on_step=self._after_step,
+            distill=cfg.distill,
+            temperature=cfg.distill_temperature,
         )
         if self.procs.main and not self.resumed:
             write_atomic(self.out / "config.yaml", dump_config(cfg))
         with deferred_signals(self._on_signal):
             self._pretrain()
             self._base()
+            self.teacher = self._make_teacher()
             self._taper()
             self._finetunes()
         return self._finish()
@@ -91,6 +101,16 @@ class Run(Trainer):
         self.state.phase, self.state.phase_step = "taper", 0
         self.checkpoint()
 
+    def _make_teacher(self) -> nn.Module | None:
+        """The unpruned model, frozen, when the run distils: as written to base/ (a resumed
+        run reads it back from there)."""
+        if self.cfg.distill == 0:
+            return None
+        model = build_model(self.cfg.model, **self.prep.kwargs)
+        with restoring(self.out, "the unpruned model (base/model.safetensors)"):
+            model.load_state_dict(load_weights(self.out / "base" / "model.safetensors"))
+        return frozen_teacher(model.to(self.prep.device))
+
     @property
     def taper_steps(self) -> int:
         """Steps within which the taper reaches the last budget."""
@@ -128,7 +148,14 @@ class Run(Trainer):
         phase = "prune: warm-up" if start < warmup else "prune: taper"
         with progress(self.console, phase, max_steps + skipped, start) as prog:
             for i, rec in self.loop.steps(
-                "prune", prep.model, prep.stream, self.opt, remaining, start=start, pruner=pruner
+                "prune",
+                prep.model,
+                prep.stream,
+                self.opt,
+                remaining,
+                start=start,
+                pruner=pruner,
+                teacher=self.teacher,
             ):
                 skipped += rec is not None and rec.phase == "skipped"
                 if pruner.done or i + 1 >= max_steps + skipped:
@@ -151,6 +178,8 @@ class Run(Trainer):
             raise TaperpruneError(
                 "the taper did not reach the last budget; this is a bug: please report it"
             )
+        for note in pruner.notes:  # latency snapshots that measured too slow at first
+            self.console.print(f"[yellow]note:[/yellow] {note}")
         self.opt = None
         self.ranks = check_ranks_agree(self.procs, pruner)
         if self.procs.main:

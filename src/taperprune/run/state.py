@@ -141,6 +141,7 @@ class PrunerSnapshot(Node):
     macs: Count
     step: Count
     keep: Tensor
+    measured: Count | None = None  # latency budgets: measured ns
 
 
 class Pruner(Node):
@@ -157,6 +158,8 @@ class Pruner(Node):
     lam: float
     taper: Taper  # type: ignore[valid-type]
     budgets: list[int]
+    goals: list[float] | None = None  # latency budgets: what the solve aims at per budget
+    retries: Count = 0
     snapshots: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], PrunerSnapshot]
 
     @model_validator(mode="after")

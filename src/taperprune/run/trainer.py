@@ -60,6 +60,7 @@ class Trainer:
         self.resume: Resume | None = saved[1] if saved is not None else None
         self.resumed = saved is not None
         self.opt: torch.optim.Optimizer | None = None
+        self.teacher: nn.Module | None = None  # the unpruned model, where the run distils
         self.sched: torch.optim.lr_scheduler.LRScheduler | None = None
         self.pruner: TaperPruner | None = None
         self.signal: int | None = None
@@ -143,8 +144,16 @@ class Trainer:
         resume = self._resuming(self.state.phase)
         start = self._restore_loop(resume) if resume is not None else 0
         with progress(self.console, label, steps, start) as prog:
+            teacher = None if self.state.phase == "pretrain" else self.teacher
             for i, _ in self.loop.steps(
-                label, model, self.prep.stream, opt, steps, start=start, sched=self.sched
+                label,
+                model,
+                self.prep.stream,
+                opt,
+                steps,
+                start=start,
+                sched=self.sched,
+                teacher=teacher,
             ):
                 if i % 10 == 0 or i == steps - 1:
                     prog.update(i + 1, f"lr {opt.param_groups[0]['lr']:.4f}")
