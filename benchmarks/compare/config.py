@@ -23,12 +23,18 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_trailing": {"reference": "trailing"},  # the adaptive taper on a trailing loss
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
     "taperprune_round8": {"round_to": 8},
+    "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
 BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
 ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS)
 # Variants measured for one question each (the taper's reference, a fixed schedule,
 # round_to 8): run when named in --methods.
-ON_DEMAND = ("taperprune_trailing", "taperprune_exponential", "taperprune_round8")
+ON_DEMAND = (
+    "taperprune_trailing",
+    "taperprune_exponential",
+    "taperprune_round8",
+    "taperprune_distill",
+)
 # What `--methods all` and the default run: every method but OFF_BY_DEFAULT and ON_DEMAND.
 METHODS: tuple[str, ...] = tuple(
     m for m in ALL_METHODS if m not in OFF_BY_DEFAULT and m not in ON_DEMAND
