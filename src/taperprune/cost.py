@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -232,7 +233,18 @@ def hooked_macs(
         found[names[mod]] = (mod, tuple(shape), total + n // batch)
 
     counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    forward_with_hooks(
+        model, example_input, [(m, hook) for m in model.modules() if isinstance(m, counted)]
+    )
+    return found
+
+
+def forward_with_hooks(
+    model: nn.Module, example_input: torch.Tensor, hooks: list[tuple[nn.Module, Any]]
+) -> None:
+    """One forward pass of `model` (eval mode, no gradients) with forward hooks on some of
+    its modules; the hooks are removed and the mode restored afterwards."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     was_training = model.training
     model.eval()
     try:
@@ -242,7 +254,6 @@ def hooked_macs(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return found
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:

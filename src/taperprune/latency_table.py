@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .constraint import _rank_within
-from .cost import build_cost_model
+from .cost import build_cost_model, forward_with_hooks
 from .errors import TaperpruneError
 from .files import write_json
 from .graph import FIXED, ChannelGraph
@@ -121,16 +121,7 @@ def layer_specs(model: nn.Module, example_input: torch.Tensor, names: Sequence[s
 
         return record
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    forward_with_hooks(model, example_input, [(modules[n], hook(n)) for n in names])
     specs: dict[str, LayerSpec] = {}
     for name in names:
         mod, rec = modules[name], seen.get(name)
