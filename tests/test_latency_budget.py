@@ -247,10 +247,13 @@ def test_monotone_tables_and_calibration_fit() -> None:
     # measured = 1.2 · tables + 0.5 + 0.01 · activations, recovered exactly
     pts = [(1.2 * t + 0.5 + 0.01 * a, t, a) for t, a in ((8, 100), (6, 70), (4, 60), (1, 20))]
     assert fit_calibration(pts) == pytest.approx((0.5, 0.01, 1.2))
-    # noise that makes the slope negative: no slope
+    # isolated layers that pay per-activation layout conversions: a negative slope
     pts = [(1.2 * t + 0.5 - 0.01 * a, t, a) for t, a in ((8, 100), (6, 70), (4, 60), (1, 20))]
+    assert fit_calibration(pts) == pytest.approx((0.5, -0.01, 1.2))
+    # a fit that predicts a non-positive latency somewhere falls back to a simpler one
+    pts = [(1.0, 8, 100), (0.9, 6, 70), (0.1, 4, 60), (0.5, 1, 20)]
     base, per_act, scale = fit_calibration(pts)
-    assert per_act == 0.0 and scale > 0
+    assert all(scale * t + base + per_act * a > 0 for _, t, a in pts) and scale > 0
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ from .cost import CostModel
 from .graph import FIXED
 
 
+MIN_PRICE_NS = 1e-3
+
+
 @dataclass(frozen=True)
 class LayerTable:
     """Measured milliseconds of one layer over a grid of (live inputs, live outputs)."""
@@ -171,7 +174,10 @@ class LatencyModel:
         d_in = t - self._table_ns(a - 1, b)
         d_out = t - self._table_ns(a, b - 1) + 1e6 * self.per_act_ms * self.act
         d = self._in_mat.t() @ d_in + self._out_mat.t() @ d_out
-        return total, d[:-1] * m[:-1]
+        # A unit whose removal saves nothing in the model (a flat table, a negative
+        # per-activation term) still gets a tiny price: the solve takes it last, not never,
+        # so every budget above the minimum stays reachable.
+        return total, d[:-1].clamp(min=MIN_PRICE_NS) * m[:-1]
 
     def parts(self, masks: torch.Tensor) -> tuple[float, float]:
         """(Σ layer tables in ms before `scale`, output elements of the counted layers): what

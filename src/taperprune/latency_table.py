@@ -469,8 +469,12 @@ def calibration_shares(num_groups: int) -> list[float | torch.Tensor]:
 
 def fit_calibration(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:
     """(base, per_act, scale) from (measured ms, summed table ms, activations) points:
-    measured ≈ scale · tables + base + per_act · activations, least squares. A slope the
-    noise made negative is dropped (then per_act = 0), and so is a scale ≤ 0 (then 1)."""
+    measured ≈ scale · tables + base + per_act · activations, least squares.
+
+    per_act may come out negative: a layer timed alone converts its input and output
+    between layouts (onnxruntime's blocked NCHWc), which a network does once, not per
+    layer, and that cost follows the activations. A fit whose scale is not positive, or
+    that predicts a point at or below zero, is dropped for a simpler one."""
     m = torch.tensor([p[0] for p in points], dtype=torch.float64)
     t = torch.tensor([p[1] for p in points], dtype=torch.float64)
     act = torch.tensor([p[2] for p in points], dtype=torch.float64)
@@ -485,7 +489,9 @@ def fit_calibration(points: Sequence[tuple[float, float, float]]) -> tuple[float
         base, rest = coef[0], coef[1:]
         scale = rest.pop(0) if "scale" in cols else 1.0
         per_act = rest.pop(0) if "act" in cols else 0.0
-        if scale > 0 and per_act >= 0 and all(map(math.isfinite, (base, scale, per_act))):
+        fitted = scale * t + base + per_act * act
+        finite = all(map(math.isfinite, (base, scale, per_act)))
+        if finite and scale > 0 and bool((fitted > 0).all()):
             return base, per_act, scale
     return float((m - t).mean()), 0.0, 1.0
 
