@@ -25,7 +25,6 @@ import torch
 from .cost import CostModel
 from .graph import FIXED
 
-
 MIN_PRICE_NS = 1e-3
 
 
@@ -65,7 +64,9 @@ def monotone(table: LayerTable, tie_share: float = 0.005) -> LayerTable:
     return LayerTable(table.grid_in, table.grid_out, tuple(tuple(r) for r in v.tolist()))
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
+def _coo(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": mat-vec is all we use
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce()
@@ -132,7 +133,7 @@ class LatencyModel:
         if not rows:
             return torch.zeros(0, n1, dtype=torch.float64)
         r, c = torch.cat(rows), torch.cat(cols)
-        return _csr(r, c, torch.ones(len(r), dtype=torch.float64), (len(per_layer), n1))
+        return _coo(r, c, torch.ones(len(r), dtype=torch.float64), (len(per_layer), n1))
 
     # ---------------------------------------------------------------- the model
     def _widths(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
