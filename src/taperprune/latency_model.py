@@ -7,7 +7,7 @@ that follows the activations, base + per_act · (output elements of the counted 
 BatchNorm, activations, adds and copies scale with the channels that reach them, and a
 layer inside a network runs a little faster or slower than alone (warm caches, fused
 neighbours). The three numbers are fitted to the whole network measured at four uniform
-and four random widths (`latency_table.fit_calibration`).
+and four random widths and at its smallest (`latency_table.fit_calibration`).
 
 Everything is in nanoseconds, so that a latency budget is an integer like a MAC budget
 and the λ solve, the blocks of `round_to`, the taper and the snapshots work unchanged:

@@ -2,7 +2,7 @@
 
 Every conv/linear layer is timed alone (its own input size, the chosen runtime, batch and
 threads) over a grid of (live inputs, live outputs); identical layers are timed once. The
-whole network is timed at four uniform and four random widths to fit the calibration (see
+whole network is timed at five uniform and four random widths to fit the calibration (see
 `latency_model.py`). The result is cached on disk, keyed by the model's layers, the input
 shape, runtime, batch, threads, CPU model and library versions, and reused.
 """
@@ -364,7 +364,9 @@ def key_parts(
     }
 
 
-CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.25)  # uniform shares of every group's units
+# Uniform shares of every group's units; 0 is the least a group keeps (one unit, 8
+# channels from 16 up): without it the fit extrapolates to the smallest networks.
+CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.25, 0.0)
 CALIBRATION_RANDOM = 4  # and this many networks of random widths (shares in [0.2, 1])
 
 
@@ -457,8 +459,9 @@ def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
 
 
 def calibration_shares(num_groups: int) -> list[float | torch.Tensor]:
-    """The networks the calibration is fitted on: uniform widths (all, ¾, ½, ¼ of every
-    group) and CALIBRATION_RANDOM of random widths per group (seeded): uniform nets alone
+    """The networks the calibration is fitted on: uniform widths (all, ¾, ½, ¼ and the
+    least of every group) and CALIBRATION_RANDOM of random widths per group (seeded):
+    uniform nets alone
     let one runtime quirk of a uniform shape set the scale for every other shape."""
     gen = torch.Generator().manual_seed(0)
     shares: list[float | torch.Tensor] = list(CALIBRATION_WIDTHS)
