@@ -290,3 +290,13 @@ def test_unknown_runtime_is_refused() -> None:
 def test_onnxruntime_budgets_without_round_to_8_say_why() -> None:
     assert "round_to=8" in " ".join(_pruner(["0.5latency"], latency_runtime="onnxruntime").notes)
     assert _pruner(["0.5latency"], latency_runtime="onnxruntime", round_to=8).notes == []
+
+
+def test_far_slower_than_modelled_prunes_to_the_minimum_and_says_so() -> None:
+    pruner = _pruner(["0.8latency"])
+    pruner.meter.net_ms = lambda module, shape: 1000.0  # type: ignore[union-attr,method-assign]
+    _drive(pruner)  # no network meets the budget
+    assert pruner.done
+    snap = pruner.snapshots[pruner.budgets[0]]
+    assert snap.macs == pytest.approx(pruner.min_macs, abs=1.0)  # pruned as far as it goes
+    assert "at the minimum" in pruner.notes[-1]

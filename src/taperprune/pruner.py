@@ -392,12 +392,14 @@ class TaperPruner:
         if measured <= target * LATENCY_SLACK:
             return True
         lower = min(reached - 1.0, reached * target / measured)
+        if lower < self.min_macs and reached > self.min_macs + 1.0:
+            lower = self.min_macs  # as low as the model goes: the smallest network
         what = (
             f"latency snapshot {amount(target, NS)} at step {self._steps}: measured "
             f"{amount(measured, NS)} > {amount(target * LATENCY_SLACK, NS)} (budget × "
             f"{LATENCY_SLACK}), modelled {amount(reached, NS)}"
         )
-        if self._retries >= MAX_LATENCY_RETRIES or lower < self.min_macs:
+        if self._retries >= MAX_LATENCY_RETRIES or reached <= self.min_macs + 1.0:
             why = "retries used up" if self._retries >= MAX_LATENCY_RETRIES else "at the minimum"
             self.notes.append(f"{what}; kept as it is ({why})")
             return True
