@@ -39,7 +39,8 @@ from taperprune.constraint import _rank_within
 from taperprune.export import export_onnx
 from taperprune.graph import build_graph
 from taperprune.latency import onnx_latency, torch_latency
-from taperprune.latency_table import LatencySettings, build_latency_model
+from taperprune.latency_meter import LatencySettings
+from taperprune.latency_table import build_latency_model
 from taperprune.models import build_model
 from taperprune.surgery import remove_masked
 

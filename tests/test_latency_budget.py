@@ -20,15 +20,10 @@ from taperprune.budget import NS, budget_resource, parse_budget
 from taperprune.cost import hooked_macs
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.graph import build_graph
+from taperprune.latency_cache import cache_key, key_parts
+from taperprune.latency_meter import LatencySettings
 from taperprune.latency_model import LayerTable, monotone
-from taperprune.latency_table import (
-    LatencySettings,
-    build_latency_model,
-    cache_key,
-    fit_calibration,
-    key_parts,
-    layer_specs,
-)
+from taperprune.latency_table import build_latency_model, fit_calibration, layer_specs
 from taperprune.models import demo_cnn
 from taperprune.pruner import TaperPruner
 from taperprune.settings import PrunerConfig

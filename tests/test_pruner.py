@@ -17,7 +17,8 @@ from taperprune.cost import count_macs, macs_and_marginals
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.masks import _MaskedForward
 from taperprune.models import demo_cnn
-from taperprune.pruner import PrunerConfig, Snapshot, TaperPruner, check_budgets
+from taperprune.pruner import PrunerConfig, Snapshot, TaperPruner
+from taperprune.resource import check_budgets
 from taperprune.schedule import ScheduleConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

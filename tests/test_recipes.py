@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from taperprune.models import build_model, default_input_shape
-from taperprune.pruner import check_budgets
+from taperprune.resource import check_budgets
 from taperprune.run.config import config_from_mapping
 from taperprune.run.pipeline import run_prune
 from taperprune.run.pretrained import is_weights_name, torchvision_weights

@@ -30,7 +30,8 @@ from taperprune.errors import BudgetError, GraphError, TaperpruneError
 from taperprune.graph import build_graph
 from taperprune.masks import _MaskedForward
 from taperprune.models import demo_cnn
-from taperprune.pruner import PrunerConfig, Snapshot, TaperPruner, check_budgets
+from taperprune.pruner import PrunerConfig, Snapshot, TaperPruner
+from taperprune.resource import check_budgets
 from taperprune.schedule import ScheduleConfig, ScheduleKind
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -48,17 +48,9 @@ from .baselines import (
     BASELINES,
     KNAPSACK,
     KNAPSACK_BATCHES,
-    TAYLOR_BATCHES,
     UNIFORM,
-    BaselineMethod,
-    accumulate_gradients,
-    has_residual,
     knapsack_oneshot,
-    prune_oneshot,
-    prune_progressive,
-    tp_pruner,
     uniform_width,
-    width_floors,
 )
 from .config import TAPERPRUNE, VIEWS, BenchConfig
 from .results import (
@@ -68,6 +60,7 @@ from .results import (
     run_dir,
     write_rows,
 )
+from .tp_driven import drive
 from .views import VIEW_RUNS, count_runs
 
 
@@ -346,8 +339,16 @@ class Bench:
                 batches = stream.batches(KNAPSACK_BATCHES)
                 model, _ = knapsack_oneshot(model, example, target, batches, self.device)
             else:
-                model = self._torch_pruning(
-                    model, stream, BASELINES[method], target, min(pre_steps, steps), max_ratio
+                model = drive(
+                    model,
+                    example,
+                    stream.batches,
+                    BASELINES[method],
+                    target,
+                    min(pre_steps, steps),
+                    max_ratio,
+                    self.device,
+                    lambda m, n, **kw: self.train(m, stream, n, t.prune_lr, use_cosine=False, **kw),
                 )
         except BudgetError as exc:  # e.g. uniform width cannot thin a tiny net that far
             self.console.print(f"[yellow]skipped[/yellow] {run_id}: {exc}")
@@ -381,66 +382,6 @@ class Bench:
         )
         self._add([row])
         return row
-
-    def _torch_pruning(
-        self,
-        model: nn.Module,
-        stream: BatchStream,
-        spec: BaselineMethod,
-        target: int,
-        pre_steps: int,
-        max_ratio: float,
-    ) -> nn.Module:
-        """A Torch-Pruning baseline up to its final structure (docs/BASELINES.md); the
-        optimizer steps it takes (sparse training, training between steps) are `pre_steps`
-        for sparse training and progressive schedules, none otherwise."""
-        t = self.cfg.train
-        example = self.example.to(self.device)
-        floors = width_floors(model, max_ratio)
-        isomorphic = spec.global_pruning and has_residual(model, example)
-        grads = None
-        if spec.importance == "taylor":
-
-            def grads(m: nn.Module) -> None:
-                accumulate_gradients(m, stream.batches(TAYLOR_BATCHES), self.device)
-
-        if spec.sparsity > 0:
-            # Torch-Pruning's sparse training: its regulariser's gradient is added after
-            # backward, and the optimizer has no weight decay meanwhile (reproduce/main.py).
-            reg = tp_pruner(
-                model, example, spec, ratio=0.5, max_ratio=max_ratio, isomorphic=isomorphic
-            )
-            reg.update_regularizer()
-            self.train(
-                model,
-                stream,
-                pre_steps,
-                t.prune_lr,
-                use_cosine=False,
-                after_backward=lambda m: reg.regularize(m),
-                weight_decay=0.0,
-            )
-            del reg
-        if spec.iterative_steps > 1:
-            small, _ = prune_progressive(
-                model,
-                example,
-                target,
-                spec,
-                floors=floors,
-                max_ratio=max_ratio,
-                isomorphic=isomorphic,
-                train=lambda m, n: self.train(m, stream, n, t.prune_lr, use_cosine=False),
-                train_steps=pre_steps,
-                gradients=grads,
-            )
-            return small
-        if grads is not None:
-            grads(model)
-        small, _, _ = prune_oneshot(
-            model, example, target, spec, floors=floors, max_ratio=max_ratio, isomorphic=isomorphic
-        )
-        return small
 
     def run(self) -> list[dict[str, Any]]:
         """Every view for every net and seed; returns all rows (also in results.csv)."""

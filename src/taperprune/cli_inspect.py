@@ -213,7 +213,7 @@ def check(
     from .cost import count_params
     from .errors import GraphError
     from .inspect_model import check_model, check_output, hook_layer_macs, raise_if_infeasible
-    from .latency_table import LatencySettings
+    from .latency_meter import LatencySettings
 
     latency = LatencySettings(latency_runtime, latency_batch, latency_threads)
     wanted = _split(budgets)

@@ -19,7 +19,7 @@ from .constraint import minimum_macs
 from .cost import build_cost_model, count_params, hooked_macs, layer_macs
 from .errors import BudgetError, GraphError, ModelError
 from .graph import FIXED, ChannelGraph, UnmaskableLayerError, build_graph
-from .latency_table import LatencySettings
+from .latency_meter import LatencySettings
 from .resource import budget_cost
 from .surgery import check_surgery
 

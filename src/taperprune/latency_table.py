@@ -1,25 +1,21 @@
-"""Measuring the latency model on this machine: per-layer tables and the remainder, cached.
+"""Measuring the latency model on this machine: per-layer tables and the calibration.
 
 Every conv/linear layer is timed alone (its own input size, the chosen runtime, batch and
 threads) over a grid of (live inputs, live outputs); identical layers are timed once. The
 whole network is timed at five uniform and four random widths to fit the calibration (see
 `latency_model.py`). The result is cached on disk, keyed by the model's layers, the input
-shape, runtime, batch, threads, CPU model and library versions, and reused.
+shape, runtime, batch, threads, CPU model and library versions (`latency_cache`), and reused;
+the timing itself is `latency_meter`'s.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
-import os
-import platform
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,35 +25,12 @@ from .cost import build_cost_model, forward_with_hooks
 from .errors import TaperpruneError
 from .files import write_json
 from .graph import FIXED, ChannelGraph
-from .latency import MAX_SECONDS, RUNTIMES, onnx_latency, torch_latency
+from .latency_cache import FORMAT, cache_dir, cache_key, key_parts
+from .latency_meter import LatencySettings, Meter, RuntimeMeter
 from .latency_model import LatencyModel, LayerTable, monotone
 from .surgery import remove_masked
 
 GRID_POINTS = 5  # per prunable width: 8, ¼, ½, ¾ and all of it
-FORMAT = 1  # of the cache files
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """Where a latency budget is measured: runtime, batch and intra-op threads."""
-
-    runtime: str = "onnxruntime"
-    batch: int = 1
-    threads: int = 0  # 0: torch's default here (`latency.default_threads`)
-
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise TaperpruneError(
-                f"unknown latency runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}"
-            )
-        if self.batch < 1 or self.threads < 0:
-            raise TaperpruneError(
-                f"latency batch must be ≥ 1 and threads ≥ 0 (0: the default), got batch "
-                f"{self.batch}, threads {self.threads}"
-            )
-
-    def resolved_threads(self) -> int:
-        return self.threads or torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -172,106 +145,6 @@ def width_grid(n: int, points: int = GRID_POINTS) -> tuple[int, ...]:
     return tuple(sorted(p for p in picks if 1 <= p <= n))
 
 
-class Meter(Protocol):
-    """Times one layer alone and whole networks, in milliseconds, at one batch size."""
-
-    def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float: ...
-
-    def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float: ...
-
-
-@dataclass
-class RuntimeMeter:
-    """The real meter: eager torch or onnxruntime on this machine's CPU."""
-
-    settings: LatencySettings
-    runs: int = 20
-    max_seconds: float = 1.0  # per layer timing; a whole network gets latency.MAX_SECONDS
-    _overhead: dict[tuple[int, ...], float] = field(default_factory=dict)
-
-    def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
-        """The layer's time; in onnxruntime less the cost of a call that does nothing on the
-        same input (a network pays that once, not once per layer)."""
-        ms = self._time(module, input_shape, self.max_seconds, single=True)
-        if self.settings.runtime == "onnxruntime":
-            if input_shape not in self._overhead:
-                self._overhead[input_shape] = self._time(
-                    nn.Identity(), input_shape, self.max_seconds, single=True
-                )
-            ms = max(0.0, ms - self._overhead[input_shape])
-        return ms
-
-    def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
-        return self._time(module, input_shape, MAX_SECONDS, single=False)
-
-    def _time(
-        self, module: nn.Module, shape: tuple[int, ...], seconds: float, *, single: bool
-    ) -> float:
-        s = self.settings
-        # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
-        module = copy.deepcopy(module).cpu().float().eval()
-        threads = s.resolved_threads()
-        if s.runtime == "torch":
-            lat = torch_latency(
-                module, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
-            )
-            return lat.median_ms
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.onnx"
-            if single:
-                _single_layer_onnx(module, shape, path)
-            else:
-                from .export import export_onnx
-
-                export_onnx(module, shape, path, check=False)
-            lat = onnx_latency(
-                path, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
-            )
-        return lat.median_ms
-
-
-def _single_layer_onnx(module: nn.Module, shape: tuple[int, ...], path: Path) -> None:
-    """One Conv or MatMul node with its weights (or an Identity), written directly: no
-    export trace, so a table of many grid points is quick."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits: list[Any] = []
-    if isinstance(module, nn.Identity):  # what a call costs that computes nothing
-        nodes = [helper.make_node("Identity", ["x"], ["y"])]
-    elif isinstance(module, nn.Linear):
-        inits.append(numpy_helper.from_array(module.weight.detach().numpy().T.copy(), "wt"))
-        out = "y0" if module.bias is not None else "y"
-        nodes = [helper.make_node("MatMul", ["x", "wt"], [out])]
-        if module.bias is not None:
-            inits.append(numpy_helper.from_array(module.bias.detach().numpy(), "b"))
-            nodes.append(helper.make_node("Add", ["y0", "b"], ["y"]))
-    else:
-        conv = module
-        assert isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-        inits.append(numpy_helper.from_array(conv.weight.detach().numpy(), "w"))
-        if conv.bias is not None:
-            inits.append(numpy_helper.from_array(conv.bias.detach().numpy(), "b"))
-        nodes = [
-            helper.make_node(
-                "Conv",
-                ["x", "w", *(["b"] if conv.bias is not None else [])],
-                ["y"],
-                kernel_shape=list(conv.kernel_size),
-                strides=list(conv.stride),
-                pads=[int(p) for p in conv.padding] * 2,
-                dilations=list(conv.dilation),
-                group=conv.groups,
-            )
-        ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, "layer", [x], [y], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def _layer_grids(
     spec: LayerSpec, in_fixed: bool, out_fixed: bool
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -303,69 +176,6 @@ def measure_table(
     return monotone(LayerTable(grid_in, grid_out, tuple(rows)))
 
 
-def cpu_model() -> str:
-    """This machine's CPU model name (a cache key part)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    """A file name for the cache entry of `parts` (any JSON-able dict)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def cache_dir() -> Path:
-    """TAPERPRUNE_CACHE, else $XDG_CACHE_HOME/taperprune, else ~/.cache/taperprune."""
-    env = os.environ.get("TAPERPRUNE_CACHE")
-    if env:
-        return Path(env) / "latency"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "taperprune" / "latency"
-
-
-def _versions(runtime: str) -> dict[str, str]:
-    out = {"torch": str(torch.__version__)}
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    return out
-
-
-def key_parts(
-    specs: dict[str, LayerSpec],
-    graph: ChannelGraph,
-    settings: LatencySettings,
-    cpu: str | None = None,
-) -> dict[str, Any]:
-    """What a cached latency model depends on: the model's layers and units, the input
-    shape, runtime, batch, threads, CPU model and library versions."""
-    return {
-        "format": FORMAT,
-        "layers": {n: asdict(s) for n, s in specs.items()},
-        "units": hashlib.sha256(
-            b"".join(
-                torch.cat([lay.in_units, lay.out_units]).numpy().tobytes()
-                for lay in graph.layers.values()
-            )
-        ).hexdigest(),
-        "input_shape": list(graph.input_shape),
-        "runtime": settings.runtime,
-        "batch": settings.batch,
-        "threads": settings.resolved_threads(),
-        "cpu": cpu if cpu is not None else cpu_model(),
-        "versions": _versions(settings.runtime),
-    }
-
-
-# Uniform shares of every group's units; 0 is the least a group keeps (one unit, 8
-# channels from 16 up): without it the fit extrapolates to the smallest networks.
 CALIBRATION_WIDTHS = (1.0, 0.75, 0.5, 0.25, 0.0)
 CALIBRATION_RANDOM = 4  # and this many networks of random widths (shares in [0.2, 1])
 

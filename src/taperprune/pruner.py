@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,17 @@ from torch import nn
 
 from . import schedule as sched
 from .blocks import block_units, rounded_budgets
-from .budget import NS, amount
+from .budget import NS
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .errors import TaperpruneError
-from .graph import FIXED, ChannelGraph, build_graph
-from .latency_table import LatencySettings, Meter, RuntimeMeter
+from .graph import ChannelGraph, build_graph
+from .latency_gate import latency_settings, retry_goal, round_to_notes
+from .latency_meter import Meter, RuntimeMeter
 from .masks import ChannelMasks
 from .resource import budget_cost
-from .scores import bn_gamma_scores, corrected_scores, update_scores
+from .scores import bn_gamma_of, corrected_scores, update_scores
 from .settings import PrunerConfig
-from .snapshot_map import SnapshotMap
+from .snapshot_map import Snapshot, SnapshotMap
 from .surgery import check_surgery, remove_masked
 
 
@@ -56,56 +57,6 @@ class StepRecord:
     loss_ema: float
     removed: int
     live_units: int
-
-
-@dataclass
-class Snapshot:
-    """The network at the moment a requested budget was first reached."""
-
-    target: int  # requested budget, MACs
-    macs: int  # MACs reached
-    step: int
-    keep: torch.Tensor  # (N,) bool
-    model: nn.Module | None  # physically pruned copy (None when restored from a state)
-    widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
-    measured: int | None = None  # latency budgets: the snapshot's measured ns (`macs`: modelled)
-
-
-# A latency snapshot is accepted when its measured latency is at most the budget times this;
-# otherwise the pruner aims lower and prunes on, at most MAX_LATENCY_RETRIES times.
-LATENCY_SLACK = 1.05
-MAX_LATENCY_RETRIES = 5
-
-
-def latency_settings(config: PrunerConfig) -> LatencySettings:
-    return LatencySettings(config.latency_runtime, config.latency_batch, config.latency_threads)
-
-
-def check_budgets(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    budgets: Sequence[float | int | str] | str,
-    *,
-    exclude: Sequence[str] = (),
-    graph: ChannelGraph | None = None,
-    round_to: int = 1,
-    latency: LatencySettings | None = None,
-    meter: Meter | None = None,
-) -> list[int]:
-    """Validate budgets, `round_to` and the surgery before any training: the budgets in
-    MACs (in parameters for '1.2Mparams', in ns for '3.5ms': then the latency model is
-    measured now, and cached for the pruner), or why not.
-
-    `graph`: the model's channel graph when the caller has built it already.
-    """
-    graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
-    blocks = block_units(graph, round_to)
-    unit, cost = budget_cost(
-        graph, model, budgets, example_input=example_input, latency=latency, meter=meter
-    )
-    check_surgery(model, graph)
-    least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
-    return rounded_budgets(budgets, cost.full_macs, least, round_to, unit)
 
 
 class TaperPruner:
@@ -163,13 +114,7 @@ class TaperPruner:
         self.notes: list[str] = []
         if self.unit == NS:
             self.meter = latency_meter if latency_meter is not None else RuntimeMeter(settings)
-            if settings.runtime == "onnxruntime" and config.round_to % 8:
-                # The tables are sampled on multiples of 8: widths between run slower.
-                self.notes.append(
-                    f"latency budgets in onnxruntime with round_to={config.round_to}: widths "
-                    "that are not multiples of 8 run slower than the latency model says; "
-                    "round_to=8 keeps them where it is accurate"
-                )
+            self.notes += round_to_notes(settings, config.round_to)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
@@ -327,19 +272,8 @@ class TaperPruner:
 
     def _current_scores(self) -> torch.Tensor:
         if self.config.score == "bn_gamma":
-            return self._bn_gamma()
+            return bn_gamma_of(self.model, self.graph)
         return corrected_scores(self.scores, self.config.score_beta, self._score_steps)
-
-    def _bn_gamma(self) -> torch.Tensor:
-        modules = dict(self.model.named_modules())
-        n = self.graph.num_units
-        pairs = []
-        for name, kind in self.graph.mask_sites:
-            mod = modules[name]
-            if kind == "norm" and getattr(mod, "weight", None) is not None:
-                units = self.graph.layers[name].out_units
-                pairs.append((mod.weight, torch.where(units == FIXED, n, units)))
-        return bn_gamma_scores(pairs, n)
 
     def _record(
         self, phase: str, loss: float, removed: int, macs: float | None = None
@@ -370,7 +304,14 @@ class TaperPruner:
         if self.meter is not None:
             assert small is not None
             measured = int(round(1e6 * self.meter.net_ms(small, self.graph.input_shape)))
-            if not self._accept_latency(target, reached, measured):
+            goal, note = retry_goal(
+                target, reached, measured, self.min_macs, self._retries, self._steps
+            )
+            if note:
+                self.notes.append(note)
+            if goal is not None:  # too slow: one more step, aiming lower
+                self._retries += 1
+                self.goals[self._next] = goal
                 return False
         snap = Snapshot(
             target=target,
@@ -386,27 +327,6 @@ class TaperPruner:
         if self.on_snapshot is not None:
             self.on_snapshot(snap)
         return True
-
-    def _accept_latency(self, target: int, reached: float, measured: int) -> bool:
-        """True when `measured` ≤ target × LATENCY_SLACK, or when aiming lower cannot help."""
-        if measured <= target * LATENCY_SLACK:
-            return True
-        lower = min(reached - 1.0, reached * target / measured)
-        if lower < self.min_macs and reached > self.min_macs + 1.0:
-            lower = self.min_macs  # as low as the model goes: the smallest network
-        what = (
-            f"latency snapshot {amount(target, NS)} at step {self._steps}: measured "
-            f"{amount(measured, NS)} > {amount(target * LATENCY_SLACK, NS)} (budget × "
-            f"{LATENCY_SLACK}), modelled {amount(reached, NS)}"
-        )
-        if self._retries >= MAX_LATENCY_RETRIES or reached <= self.min_macs + 1.0:
-            why = "retries used up" if self._retries >= MAX_LATENCY_RETRIES else "at the minimum"
-            self.notes.append(f"{what}; kept as it is ({why})")
-            return True
-        self._retries += 1
-        self.goals[self._next] = lower
-        self.notes.append(f"{what}; pruning on to a modelled {amount(lower, NS)}")
-        return False
 
     # ---------------------------------------------------------------- export
     def export(self, budget: float | int | str | None = None) -> nn.Module:

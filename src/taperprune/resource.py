@@ -8,12 +8,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .blocks import block_units, rounded_budgets
 from .budget import NS, budget_resource
+from .constraint import minimum_macs
 from .cost import CostModel, build_cost_model
-from .graph import ChannelGraph
+from .graph import ChannelGraph, build_graph
+from .latency_meter import LatencySettings, Meter
 from .latency_model import LatencyModel
-from .latency_table import LatencySettings, Meter, build_latency_model
+from .latency_table import build_latency_model
 from .param_cost import build_param_model
+from .surgery import check_surgery
 
 Resource = CostModel | LatencyModel
 
@@ -40,4 +44,31 @@ def budget_cost(
     return "MACs", build_cost_model(graph)
 
 
-__all__ = ["Resource", "budget_cost"]
+def check_budgets(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    budgets: Sequence[float | int | str] | str,
+    *,
+    exclude: Sequence[str] = (),
+    graph: ChannelGraph | None = None,
+    round_to: int = 1,
+    latency: LatencySettings | None = None,
+    meter: Meter | None = None,
+) -> list[int]:
+    """Validate budgets, `round_to` and the surgery before any training: the budgets in
+    MACs (in parameters for '1.2Mparams', in ns for '3.5ms': then the latency model is
+    measured now, and cached for the pruner), or why not.
+
+    `graph`: the model's channel graph when the caller has built it already.
+    """
+    graph = graph if graph is not None else build_graph(model, example_input, exclude=exclude)
+    blocks = block_units(graph, round_to)
+    unit, cost = budget_cost(
+        graph, model, budgets, example_input=example_input, latency=latency, meter=meter
+    )
+    check_surgery(model, graph)
+    least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
+    return rounded_budgets(budgets, cost.full_macs, least, round_to, unit)
+
+
+__all__ = ["Resource", "budget_cost", "check_budgets"]

@@ -9,6 +9,9 @@ learning rate does not enter: BN normalises the first, the second never touches 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from .graph import FIXED, ChannelGraph
 
 
 def update_scores(ema: torch.Tensor, mask_grad: torch.Tensor, beta: float) -> torch.Tensor:
@@ -35,3 +38,16 @@ def bn_gamma_scores(
     for gamma, units in weights:
         s.index_add_(0, units, gamma.detach().abs().double().cpu())
     return s[:-1]
+
+
+def bn_gamma_of(model: nn.Module, graph: ChannelGraph) -> torch.Tensor:
+    """The BN-|γ| ablation's scores of `model`'s units (`bn_gamma_scores` of its norms)."""
+    modules = dict(model.named_modules())
+    n = graph.num_units
+    pairs = []
+    for name, kind in graph.mask_sites:
+        mod = modules[name]
+        if kind == "norm" and getattr(mod, "weight", None) is not None:
+            units = graph.layers[name].out_units
+            pairs.append((mod.weight, torch.where(units == FIXED, n, units)))
+    return bn_gamma_scores(pairs, n)

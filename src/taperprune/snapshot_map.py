@@ -1,15 +1,30 @@
-"""`pruner.snapshots`: keyed by each budget's MACs, and found by the budget as it was given
+"""Snapshots: the network when a budget was reached (`Snapshot`), and `pruner.snapshots`,
+keyed by each budget's MACs and found by the budget as it was given
 (`pruner.snapshots[0.5]`, `["3.87G"]`) as well."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
 
 from .budget import parse_budget
 from .errors import BudgetError
 
-if TYPE_CHECKING:
-    from .pruner import Snapshot
+
+@dataclass
+class Snapshot:
+    """The network at the moment a requested budget was first reached."""
+
+    target: int  # requested budget, MACs
+    macs: int  # MACs reached
+    step: int
+    keep: torch.Tensor  # (N,) bool
+    model: nn.Module | None  # physically pruned copy (None when restored from a state)
+    widths: dict[str, int] = field(default_factory=dict)  # output channels per layer
+    measured: int | None = None  # latency budgets: the snapshot's measured ns (`macs`: modelled)
 
 
 class SnapshotMap(dict[int, "Snapshot"]):

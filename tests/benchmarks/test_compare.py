@@ -21,16 +21,9 @@ from benchmarks.compare.baselines import (
     PROGRESSIVE_STEPS,
     UNIFORM,
     BaselineMethod,
-    accumulate_gradients,
-    capped_step,
-    has_residual,
     knapsack_oneshot,
     output_layer,
-    prune_oneshot,
-    prune_progressive,
-    tp_pruner,
     uniform_width,
-    width_floors,
 )
 from benchmarks.compare.config import (
     ALL_METHODS,
@@ -45,6 +38,15 @@ from benchmarks.compare.config import (
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import parse_net
 from benchmarks.compare.table import Cell, markdown, within_noise
+from benchmarks.compare.tp_driven import (
+    accumulate_gradients,
+    capped_step,
+    has_residual,
+    prune_oneshot,
+    prune_progressive,
+    tp_pruner,
+    width_floors,
+)
 from typer.testing import CliRunner
 
 from taperprune.cost import count_macs

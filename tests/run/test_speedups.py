@@ -57,6 +57,7 @@ def test_the_final_table_has_a_column_per_runtime(tmp_path: Path, monkeypatch) -
     result = SimpleNamespace(
         out=tmp_path,
         snapshots=[SimpleNamespace(label="50pct", target=500, macs=490)],
+        unit="MACs",
         full_macs=1000,
     )
     cli._print_speedups(result)

@@ -13,8 +13,9 @@ from ..errors import TaperpruneError
 from ..files import load_weights
 from ..graph import ChannelGraph, build_graph
 from ..inspect_model import check_output
+from ..latency_gate import latency_settings
 from ..models import build_model, default_input_shape, parse_input_shape
-from ..pruner import check_budgets, latency_settings
+from ..resource import check_budgets
 from . import distributed as ddp
 from .config import RunConfig
 from .data import BatchStream, DataBundle, load_data, parse_data_spec
