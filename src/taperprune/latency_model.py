@@ -182,7 +182,7 @@ class LatencyModel:
 
     def parts(self, masks: torch.Tensor) -> tuple[float, float]:
         """(Σ layer tables in ms before `scale`, output elements of the counted layers): what
-        the calibration weighs, for refitting it (benchmarks)."""
+        the calibration weighs (`latency_table.fit_calibration`)."""
         _, a, b = self._widths(masks)
         return float(self._table_ns(a, b).sum()) / 1e6 / self.scale, float((self.act * b).sum())
 

@@ -188,11 +188,7 @@ def uniform_keep(graph: ChannelGraph, share: float | torch.Tensor) -> torch.Tens
     channels = torch.where(
         sizes >= 16, (share * sizes / 8).round().clamp(min=1) * 8, (share * sizes).round()
     ).clamp(min=1)
-    per_unit = torch.zeros(len(graph.groups), dtype=torch.float64).index_add_(
-        0, graph.unit_group, graph.unit_size.double()
-    ) / torch.zeros(len(graph.groups), dtype=torch.float64).index_add_(
-        0, graph.unit_group, torch.ones(graph.num_units, dtype=torch.float64)
-    )
+    per_unit = sizes / torch.bincount(graph.unit_group, minlength=len(graph.groups))
     units = (channels / per_unit).floor().clamp(min=1).long()
     return _rank_within(graph.unit_group) < units[graph.unit_group]
 
@@ -205,13 +201,11 @@ def build_latency_model(
     *,
     meter: Meter | None = None,
     cache: Path | None | bool = True,
-    on_layer: Callable[[int, int], None] | None = None,
 ) -> LatencyModel:
     """L(m) of `model` measured by `meter` (the real runtime by default), from the cache
     when this model was measured here before with the same settings.
 
     `cache`: True for the default folder (`cache_dir`), a folder, or False/None for none.
-    `on_layer(done, total)` reports progress over the distinct layers timed.
     """
     names = [n for n, lay in graph.layers.items() if lay.kind != "norm"]
     specs = layer_specs(model, example_input[:1], names)
@@ -227,7 +221,7 @@ def build_latency_model(
     meter = meter if meter is not None else RuntimeMeter(settings)
     tables: dict[str, LayerTable] = {}
     by_shape: dict[str, LayerTable] = {}
-    for i, name in enumerate(specs):
+    for name in specs:
         lay, spec = graph.layers[name], specs[name]
         grid_in, grid_out = _layer_grids(
             spec, bool((lay.in_units == FIXED).all()), bool((lay.out_units == FIXED).all())
@@ -236,15 +230,13 @@ def build_latency_model(
         if key not in by_shape:
             by_shape[key] = measure_table(spec, grid_in, grid_out, meter)
         tables[name] = by_shape[key]
-        if on_layer is not None:
-            on_layer(i + 1, len(specs))
     shape = tuple(example_input.shape[1:])
     raw = _assemble(specs, tables, graph, 0.0, 0.0, 1.0)
     points = []
     for share in calibration_shares(len(graph.groups)):
         keep = uniform_keep(graph, share)
         net = model if bool(keep.all()) else remove_masked(model, graph, keep, verify=False)
-        points.append((meter.net_ms(net, shape), raw.total(keep) / 1e6, _act_total(raw, keep)))
+        points.append((meter.net_ms(net, shape), *raw.parts(keep)))
     base_ms, per_act_ms, scale = fit_calibration(points)
     if path is not None:
         write_json(
@@ -263,16 +255,11 @@ def build_latency_model(
     return _assemble(specs, tables, graph, base_ms, per_act_ms, scale)
 
 
-def _act_total(lm: LatencyModel, keep: torch.Tensor) -> float:
-    m = torch.cat([keep.to(torch.float64), torch.ones(1, dtype=torch.float64)])
-    return float((lm.act * (lm._out_mat @ m)).sum())
-
-
 def calibration_shares(num_groups: int) -> list[float | torch.Tensor]:
     """The networks the calibration is fitted on: uniform widths (all, ¾, ½, ¼ and the
     least of every group) and CALIBRATION_RANDOM of random widths per group (seeded):
-    uniform nets alone
-    let one runtime quirk of a uniform shape set the scale for every other shape."""
+    uniform nets alone let one runtime quirk of a uniform shape set the scale for every
+    other shape."""
     gen = torch.Generator().manual_seed(0)
     shares: list[float | torch.Tensor] = list(CALIBRATION_WIDTHS)
     for _ in range(CALIBRATION_RANDOM):

@@ -223,7 +223,6 @@ class TaperPruner:
             self._ref_count += 1
             return self._record("warmup", loss_v, 0)
 
-        target = self.goals[self._next]
         self.taper = sched.advance(
             self.config.schedule,
             self.taper,
@@ -237,7 +236,7 @@ class TaperPruner:
         # (by one more step) where its latency snapshot measured too slow.
         budget = max(self.taper.budget, float(self.budgets[self._next]))
         if budget <= self.budgets[self._next]:
-            budget = target
+            budget = self.goals[self._next]
         self.taper = replace(self.taper, budget=budget)
         sol = solve_budget(
             self.cost,

@@ -13,6 +13,7 @@ from torch import nn
 from ..export import export_onnx
 from ..latency import Latency, onnx_latency, speedups, torch_latency
 from .config import RunConfig
+from .schemas import REACHED_KEY
 
 
 def latency_text(measured: list[Latency], speedup: dict[str, float] | None = None) -> str:
@@ -74,12 +75,6 @@ def deploy(
     return info, measured
 
 
-def _reached(result: dict[str, Any], unit: str) -> int:
-    if unit == "ns":
-        return int(result["predicted_ns"])
-    return int(result["params"] if unit == "params" else result["macs"])
-
-
 def snapshot_metrics(
     result: dict[str, Any],
     *,
@@ -103,7 +98,7 @@ def snapshot_metrics(
             "mac_reduction": full_macs / macs,
             "unit": unit,
             # reached − budget, in the budgets' unit (MACs, params, modelled ns): ≤ 0
-            "budget_error": _reached(result, unit) - target,
+            "budget_error": int(result[REACHED_KEY[unit]]) - target,
             "full_macs": full_macs,
             "full_params": full_params,
             "base_acc": base_acc,

@@ -105,22 +105,19 @@ class FitLoop:
         device = self.device
         net = ddp.wrap(self.procs, model, device)
         scaler = torch.amp.GradScaler(enabled=self.amp == "fp16" and device.type == "cuda")
-        weight = self.distill if teacher is not None else 0.0
+        teacher = teacher if self.distill > 0 else None
         bad = 0
         model.train()
         for i, (x, y) in enumerate(stream.batches(total - start), start=start):
             x, y = x.to(device), y.to(device)
             with self.autocast():
                 logits = net(x)
-                soft = None
-                if teacher is not None and weight > 0:
+                if teacher is None:
+                    loss = F.cross_entropy(logits, y)
+                else:
                     with torch.no_grad():
                         soft = teacher(x)
-                loss = (
-                    distillation_loss(logits, soft, y, weight, self.temperature)
-                    if soft is not None
-                    else F.cross_entropy(logits, y)
-                )
+                    loss = distillation_loss(logits, soft, y, self.distill, self.temperature)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if after_backward is not None:

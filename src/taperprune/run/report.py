@@ -18,6 +18,7 @@ from ..budget import NS, amount, format_macs  # noqa: E402
 from ..files import atomic_path, write_atomic  # noqa: E402
 from .deploy import slowdown_reason  # noqa: E402
 from .rundir import RunFiles, read_run  # noqa: E402
+from .schemas import FULL_KEY, REACHED_KEY  # noqa: E402
 
 DPI = 110
 
@@ -182,17 +183,8 @@ def _latency_cell(metrics: dict[str, Any]) -> str:
 def _unit(run: RunFiles) -> tuple[str, int]:
     """What the run's budgets count (MACs, params or ns of modelled latency) and the
     unpruned model's count of it."""
-    if run.summary.get("unit") == "params":
-        return "params", int(run.summary["full_params"])
-    if run.summary.get("unit") == "ns":
-        return "ns", int(run.summary["full_latency_ns"])
-    return "MACs", int(run.summary["full_macs"])
-
-
-def _reached(metrics: dict[str, Any], unit: str) -> int:
-    if unit == "ns":
-        return int(metrics["predicted_ns"])
-    return int(metrics["params"] if unit == "params" else metrics["macs"])
+    unit = run.summary.get("unit", "MACs")
+    return unit, int(run.summary[FULL_KEY[unit]])
 
 
 def _target_cell(metrics: dict[str, Any], unit: str) -> str:
@@ -232,7 +224,7 @@ def _snapshot_table(run: RunFiles) -> str:
         rows.append(
             f"<tr><td>{html.escape(_pct(s.label))}</td><td>{_target_cell(m, unit)}</td>"
             f"<td>{format_macs(m['macs'])}</td><td>{100 * m['macs'] / full:.2f}%</td>"
-            f"<td>{100 * (_reached(m, unit) - m['target']) / ufull:+.3f}%</td>"
+            f"<td>{100 * (int(m[REACHED_KEY[unit]]) - m['target']) / ufull:+.3f}%</td>"
             f"<td>{m['params']:,}</td>"
             f"<td>{m['acc_at_snapshot']:.2f}%</td><td>{m['acc_finetuned']:.2f}%</td>"
             f"<td>{full / m['macs']:.2f}×</td><td>{_latency_cell(m)}</td><td>{check_txt}</td></tr>"

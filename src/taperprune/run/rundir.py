@@ -33,7 +33,7 @@ from ..budget import parse_budget
 from ..errors import BudgetError, TaperpruneError
 from ..files import read_json, read_structured, write_atomic
 from .lock import LOCK_NAME
-from .schemas import TRACE_COLUMNS, Metrics, PlanFields, Summary, TraceRow
+from .schemas import FULL_KEY, TRACE_COLUMNS, Metrics, PlanFields, Summary, TraceRow
 
 _DATA = ("config.yaml", "trace.csv", "summary.json", "base", "snapshots", "checkpoint")
 RUN_FILES = (*_DATA, "report.html", "pareto.png", "trace.png", "widths.png")  # what a run writes
@@ -311,8 +311,7 @@ def find_snapshot(run: RunFiles, budget: str) -> SnapshotFiles:
         if budget == snap.label:
             return snap
     unit = run.summary.get("unit", "MACs")
-    key = {"params": "full_params", "ns": "full_latency_ns"}.get(unit, "full_macs")
-    full = int(run.summary[key])
+    full = int(run.summary[FULL_KEY[unit]])
     try:
         target = parse_budget(budget, full, unit)
     except BudgetError as exc:

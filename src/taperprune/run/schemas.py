@@ -35,6 +35,12 @@ class Schema(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
+# Where a run's files hold each budget unit's counts: the unpruned model's in summary.json,
+# a snapshot's (what the budget is compared with) in its metrics.json.
+FULL_KEY = {"MACs": "full_macs", "params": "full_params", "ns": "full_latency_ns"}
+REACHED_KEY = {"MACs": "macs", "params": "params", "ns": "predicted_ns"}
+
+
 class SummarySnapshot(Schema):
     label: Label
     target: Macs | None = None
