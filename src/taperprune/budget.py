@@ -16,7 +16,8 @@ _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 _PARAMS = re.compile(r"\s*params?$", re.IGNORECASE)
-_LATENCY = re.compile(r"\s*(ms|us|µs|latency)$", re.IGNORECASE)
+_LATENCY_SUFFIX = r"(ms|us|µs|latency)"
+_LATENCY = re.compile(rf"\s*{_LATENCY_SUFFIX}$", re.IGNORECASE)
 _NS = {"ms": 1e6, "us": 1e3, "µs": 1e3}
 NS = "ns"  # the unit of a latency budget inside the pruner
 _NAMES = {"macs": "MACs", "params": "parameters", "latency": "latency"}
@@ -54,7 +55,7 @@ def amount(value: float, unit: str) -> str:
 
 def _parse_latency(text: str, full_ns: int) -> int:
     m = re.fullmatch(
-        r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|latency)", text, re.IGNORECASE
+        rf"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*{_LATENCY_SUFFIX}", text, re.IGNORECASE
     )
     if m is None:
         raise BudgetError(
@@ -71,8 +72,8 @@ def _parse_latency(text: str, full_ns: int) -> int:
     ns = number * _NS[suffix]
     if ns >= full_ns:
         raise BudgetError(
-            f"budget {text} is not below the model's measured latency {amount(full_ns, NS)}; "
-            "give a smaller budget"
+            f"budget {text} is not below the model's latency {amount(full_ns, NS)} (modelled "
+            "from this machine's timings); give a smaller budget"
         )
     return int(round(ns))
 
