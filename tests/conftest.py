@@ -19,6 +19,15 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the README's test command runs one worker per core) every
+    worker and the subprocesses it starts use one intra-op thread: two workers of two
+    threads each on two cores oversubscribe them (see `one_thread`)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread is faster, and immune to a busy machine's

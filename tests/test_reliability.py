@@ -38,11 +38,16 @@ TINY = dict(
 
 
 def _env() -> dict[str, str]:
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "COLUMNS": "200",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
     }
+    # The thread count the in-process reference runs with (conftest sets it under xdist):
+    # runs with different thread counts round differently, and these compare bit for bit.
+    if "OMP_NUM_THREADS" in os.environ:
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+    return env
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
