@@ -27,7 +27,13 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
 BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
-ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS)
+# A baseline with the same distillation as taperprune_distill (the same weight and
+# temperature, the same frozen teacher: the pretrained net) in every step it trains,
+# so the method and the option are told apart: `<baseline>_distill`.
+DISTILLED = "_distill"
+DISTILL_WEIGHT: float = TAPERPRUNE["taperprune_distill"]["distill"]
+DISTILLED_BASELINES: tuple[str, ...] = tuple(f"{m}{DISTILLED}" for m in BASELINE_METHODS)
+ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS, *DISTILLED_BASELINES)
 # Variants measured for one question each (the taper's reference, a fixed schedule,
 # round_to 8): run when named in --methods.
 ON_DEMAND = (
@@ -36,6 +42,7 @@ ON_DEMAND = (
     "taperprune_exponential",
     "taperprune_round8",
     "taperprune_distill",
+    *DISTILLED_BASELINES,
 )
 # What `--methods all` and the default run: every method but OFF_BY_DEFAULT and ON_DEMAND.
 METHODS: tuple[str, ...] = tuple(
@@ -106,6 +113,13 @@ class BenchConfig:
             if key in table:
                 return table[key]
         return DEFAULT_MAX_PRUNING_RATIO
+
+
+def baseline_of(method: str) -> tuple[str, bool]:
+    """(the baseline `method` runs, whether it distils from the pretrained net)."""
+    if method in DISTILLED_BASELINES:
+        return method.removesuffix(DISTILLED), True
+    return method, False
 
 
 def parse_max_ratios(text: str) -> dict[str, float]:

@@ -11,6 +11,7 @@ A run whose rows are already in `results.csv` is skipped, so an interrupted benc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from torch import nn
 
 from taperprune.calibrate import recalibrate_bn
 from taperprune.cost import build_cost_model, count_macs, count_params, macs_and_marginals
+from taperprune.distill import frozen_teacher
 from taperprune.errors import BudgetError, TaperpruneError
 from taperprune.files import load_weights, save_weights, write_json
 from taperprune.graph import build_graph
@@ -44,15 +46,8 @@ from taperprune.run.pipeline import run_prune
 from taperprune.run.pretrained import resolve_weights
 from taperprune.run.progress import progress
 
-from .baselines import (
-    BASELINES,
-    KNAPSACK,
-    KNAPSACK_BATCHES,
-    UNIFORM,
-    knapsack_oneshot,
-    uniform_width,
-)
-from .config import TAPERPRUNE, VIEWS, BenchConfig
+from .baselines import BASELINES
+from .config import DISTILL_WEIGHT, TAPERPRUNE, VIEWS, BenchConfig, baseline_of
 from .results import (
     net_dir,
     parse_net,
@@ -60,7 +55,7 @@ from .results import (
     run_dir,
     write_rows,
 )
-from .tp_driven import drive
+from .tp_driven import build_structure
 from .views import VIEW_RUNS, count_runs
 
 
@@ -116,6 +111,8 @@ class Bench:
         self.per_epoch = len(self.stream(0))  # batches per epoch, the same for every seed
         self.finetune_steps = int(t.finetune_epochs * self.per_epoch)  # per snapshot
         self.trained = 0  # optimizer steps taken by `train` (a baseline run checks its total)
+        self.teacher: nn.Module | None = None  # set while a distilled baseline trains
+        self.distill_loop = dataclasses.replace(self.loop, distill=DISTILL_WEIGHT)
 
     # -------------------------------------------------------------- helpers
     def stream(self, seed: int) -> BatchStream:
@@ -142,7 +139,16 @@ class Bench:
             cfg = cfg.updated(weight_decay=weight_decay)
         opt = make_optimizer(cfg, model, lr)
         sched = cosine(opt, steps) if use_cosine else None
-        self.loop.fit(model, stream, opt, steps, sched=sched, after_backward=after_backward)
+        loop = self.loop if self.teacher is None else self.distill_loop
+        loop.fit(
+            model,
+            stream,
+            opt,
+            steps,
+            sched=sched,
+            after_backward=after_backward,
+            teacher=self.teacher,
+        )
         self.trained += steps
 
     def epochs(self, steps: int) -> float:
@@ -318,7 +324,8 @@ class Bench:
         takes exactly `steps` optimizer steps (checked; the row records the count).
         """
         max_ratio = self.cfg.max_ratio(net.spec)
-        tag = f"/max_ratio={max_ratio:g}" if method in BASELINES else ""
+        base, distilled = baseline_of(method)
+        tag = f"/max_ratio={max_ratio:g}" if base in BASELINES else ""
         run_id = f"{view}/{net.spec}/{method}/seed{seed}{tag}/budget={budget}/steps={steps}"
         if run_id in self.done_ids:
             return next(r for r in self.rows if r["run_id"] == run_id)
@@ -330,38 +337,34 @@ class Bench:
         model.load_state_dict(load_weights(net.weights))
         model.to(self.device)
         target = int(budget * net.full_macs)
-        example = self.example.to(self.device)
         self.trained = 0
+        self.teacher = frozen_teacher(model) if distilled else None
         try:
-            if method == UNIFORM:
-                model, _ = uniform_width(model, example, target)
-            elif method == KNAPSACK:
-                batches = stream.batches(KNAPSACK_BATCHES)
-                model, _ = knapsack_oneshot(model, example, target, batches, self.device)
-            else:
-                model = drive(
-                    model,
-                    example,
-                    stream.batches,
-                    BASELINES[method],
-                    target,
-                    min(pre_steps, steps),
-                    max_ratio,
-                    self.device,
-                    lambda m, n, **kw: self.train(m, stream, n, t.prune_lr, use_cosine=False, **kw),
-                )
+            model = build_structure(
+                base,
+                model,
+                self.example.to(self.device),
+                target,
+                stream.batches,
+                min(pre_steps, steps),
+                max_ratio,
+                self.device,
+                lambda m, n, **kw: self.train(m, stream, n, t.prune_lr, use_cosine=False, **kw),
+            )
+            n = t.bn_recalibration_batches
+            acc0, acc1 = finetune_structure(
+                model,
+                steps - self.trained,
+                recalibrate=lambda m: recalibrate_bn(m, stream.batches(n), self.device, n),
+                evaluate=lambda m: evaluate(m, self.data.test, self.device),
+                fit=lambda m, s: self.train(m, stream, s, t.finetune_lr),
+            )
         except BudgetError as exc:  # e.g. uniform width cannot thin a tiny net that far
             self.console.print(f"[yellow]skipped[/yellow] {run_id}: {exc}")
             self.unreachable.append(run_id)
             return None
-        n = t.bn_recalibration_batches
-        acc0, acc1 = finetune_structure(
-            model,
-            steps - self.trained,
-            recalibrate=lambda m: recalibrate_bn(m, stream.batches(n), self.device, n),
-            evaluate=lambda m: evaluate(m, self.data.test, self.device),
-            fit=lambda m, s: self.train(m, stream, s, t.finetune_lr),
-        )
+        finally:
+            self.teacher = None
         if self.trained != steps:
             raise TaperpruneError(
                 f"{run_id} took {self.trained} optimizer steps, not {steps}: a harness bug"

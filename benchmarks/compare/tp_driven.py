@@ -17,7 +17,19 @@ from torch import nn
 from taperprune.cost import count_macs
 from taperprune.errors import BudgetError, TaperpruneError
 
-from .baselines import TAYLOR_BATCHES, BaselineMethod, _is_layer, _out_channels, output_layer
+from .baselines import (
+    BASELINES,
+    KNAPSACK,
+    KNAPSACK_BATCHES,
+    TAYLOR_BATCHES,
+    UNIFORM,
+    BaselineMethod,
+    _is_layer,
+    _out_channels,
+    knapsack_oneshot,
+    output_layer,
+    uniform_width,
+)
 
 
 def _importance(kind: str) -> Any:
@@ -346,3 +358,25 @@ def drive(
         model, example, target, spec, floors=floors, max_ratio=max_ratio, isomorphic=isomorphic
     )
     return small
+
+
+def build_structure(
+    method: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    target: int,
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    pre_steps: int,
+    max_ratio: float,
+    device: torch.device,
+    train: Callable[..., None],
+) -> nn.Module:
+    """Baseline `method`'s structure at ≤ `target` MACs; `pre_steps` of `train` on the way
+    (sparse training, training between progressive steps) where the method has them."""
+    if method == UNIFORM:
+        return uniform_width(model, example, target)[0]
+    if method == KNAPSACK:
+        return knapsack_oneshot(model, example, target, batches(KNAPSACK_BATCHES), device)[0]
+    return drive(
+        model, example, batches, BASELINES[method], target, pre_steps, max_ratio, device, train
+    )

@@ -32,6 +32,7 @@ from benchmarks.compare.config import (
     ON_DEMAND,
     TAPERPRUNE,
     BenchConfig,
+    baseline_of,
     parse_max_ratios,
     quick_config,
 )
@@ -382,6 +383,49 @@ def test_every_baseline_run_takes_exactly_its_optimizer_steps(quick, tmp_path: P
             assert taken == [3, 2, 2, 2, 4]
         if method == "tp_group_sl":  # 9 steps of sparse training, then 4 of fine-tuning
             assert taken == [9, 4]
+
+
+def test_a_distilled_baseline_distils_in_every_step_it_trains(quick, tmp_path: Path, monkeypatch):
+    """`<baseline>_distill`: the same weight as taperprune_distill, the pretrained net as
+    teacher, in sparse training and fine-tune alike; the same seed gives the same row."""
+    out, _ = quick
+    given = out / "pretrained" / "demo_cnn" / "seed0" / "model.safetensors"
+    seen: list[tuple[int, float, bool]] = []
+    fit = bench_mod.FitLoop.fit
+
+    def spy(self: Any, model: Any, stream: Any, opt: Any, steps: int, **kw: Any) -> None:
+        seen.append((steps, self.distill, kw.get("teacher") is not None))
+        fit(self, model, stream, opt, steps, **kw)
+
+    monkeypatch.setattr(bench_mod.FitLoop, "fit", spy)
+    rows = {}
+    for method, sub in (
+        ("tp_group_sl", "a"),
+        ("tp_group_sl_distill", "b"),
+        ("tp_group_sl_distill", "c"),
+    ):
+        cfg = quick_config(BenchConfig(data=DATA, out=str(tmp_path / sub)))
+        bench = Bench(dataclasses.replace(cfg, train=cfg.train.updated(weights=str(given))))
+        net = bench.pretrained("demo_cnn", 0)
+        seen.clear()
+        rows[sub] = bench.run_baseline(net, "per-budget", method, 0, 0.125, 13, 9)
+        weight = TAPERPRUNE["taperprune_distill"]["distill"] if sub != "a" else 0.0
+        assert seen == [(9, weight, sub != "a"), (4, weight, sub != "a")]
+        assert bench.teacher is None  # not left behind for the next run
+    assert rows["b"] is not None and rows["c"] is not None and rows["a"] is not None
+    assert (
+        rows["b"]["method"] == "tp_group_sl_distill"
+        and "/tp_group_sl_distill/" in rows["b"]["run_id"]
+    )
+    assert rows["b"]["steps"] == rows["a"]["steps"] == 13
+    # The sparse training saw another loss, so its group norms (and structure) differ.
+    assert rows["b"]["macs"] <= rows["b"]["target_macs"]
+    assert {k: v for k, v in rows["b"].items() if k not in VOLATILE} == {
+        k: v for k, v in rows["c"].items() if k not in VOLATILE
+    }
+    assert baseline_of("uniform_width_distill") == ("uniform_width", True)
+    assert baseline_of("uniform_width") == ("uniform_width", False)
+    assert "uniform_width_distill" in ON_DEMAND and "uniform_width_distill" not in METHODS
 
 
 # ------------------------------------------------------------------ tables and settings
