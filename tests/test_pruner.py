@@ -223,9 +223,8 @@ def test_export_before_reaching_budget_raises():
         (ScheduleConfig(kind="linear", steps=10), {"score": "bn_gamma"}),
         (ScheduleConfig(kind="linear", steps=10), {"price": "uniform"}),
         (ScheduleConfig(kind="linear", steps=10), {"price": "static"}),
-        (ScheduleConfig(kind="exponential", steps=10), {"score_norm": "mean"}),
     ],
-    ids=["oneshot", "exponential", "bn_gamma", "uniform_price", "static_price", "score_norm"],
+    ids=["oneshot", "exponential", "bn_gamma", "uniform_price", "static_price"],
 )
 def test_other_schedules_and_ablations_reach_budgets_exactly(schedule, extra):
     run = run_pruning(schedule=schedule, warmup=3, **extra)
@@ -498,7 +497,6 @@ def test_check_budgets_matches_pruner():
         dict(score_beta=-0.1),
         dict(score="magnitude"),
         dict(price="flops"),
-        dict(score_norm="max"),
     ],
 )
 def test_pruner_config_validation(kw):

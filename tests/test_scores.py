@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from taperprune.scores import (
-    bn_gamma_scores,
-    corrected_scores,
-    normalise_scores,
-    update_scores,
-)
+from taperprune.scores import bn_gamma_scores, corrected_scores, update_scores
 
 
 def test_update_scores_is_ema_of_squared_gradient():
@@ -82,24 +77,3 @@ def test_bn_gamma_scores_sum_abs_gamma_per_unit():
 
 def test_bn_gamma_scores_empty_is_zero():
     assert torch.equal(bn_gamma_scores([], 4), torch.zeros(4, dtype=torch.float64))
-
-
-def test_score_norm_mean_puts_every_group_on_one_scale():
-    """Group 0's scores are 100× group 1's: divided by their group's mean live score, the
-    two groups' units interleave in one order; removed units do not enter the mean."""
-    scores = torch.tensor([100.0, 200.0, 300.0, 1.0, 2.0, 3.0, 9.0], dtype=torch.float64)
-    group = torch.tensor([0, 0, 0, 1, 1, 1, 1])
-    keep = torch.tensor([True, True, True, True, True, True, False])  # unit 6 removed
-    assert torch.equal(normalise_scores(scores, "none", group, keep), scores)
-    norm = normalise_scores(scores, "mean", group, keep)
-    assert norm.tolist() == pytest.approx([0.5, 1.0, 1.5, 0.5, 1.0, 1.5, 4.5])
-    for g in (0, 1):
-        assert norm[(group == g) & keep].mean().item() == pytest.approx(1.0)
-
-
-def test_score_norm_mean_of_a_group_with_zero_scores_stays_finite():
-    scores = torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)
-    norm = normalise_scores(
-        scores, "mean", torch.tensor([0, 0, 1]), torch.ones(3, dtype=torch.bool)
-    )
-    assert torch.isfinite(norm).all() and norm.tolist()[:2] == [0.0, 0.0]

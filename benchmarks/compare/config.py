@@ -24,7 +24,6 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_trend": {"reference": "trend"},  # … on the rise per halving so far
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
     "taperprune_round8": {"round_to": 8},
-    "taperprune_group_norm": {"score_norm": "mean"},  # scores ÷ their group's mean
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
 BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
@@ -42,7 +41,6 @@ ON_DEMAND = (
     "taperprune_trend",
     "taperprune_exponential",
     "taperprune_round8",
-    "taperprune_group_norm",
     "taperprune_distill",
     *DISTILLED_BASELINES,
 )

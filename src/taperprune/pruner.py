@@ -36,7 +36,7 @@ from .latency_gate import latency_settings, retry_goal, round_to_notes
 from .latency_meter import Meter, RuntimeMeter
 from .masks import ChannelMasks
 from .resource import budget_cost
-from .scores import bn_gamma_of, corrected_scores, normalise_scores, update_scores
+from .scores import bn_gamma_of, corrected_scores, update_scores
 from .settings import PrunerConfig
 from .snapshot_map import Snapshot, SnapshotMap
 from .surgery import check_surgery, remove_masked
@@ -271,10 +271,8 @@ class TaperPruner:
 
     def _current_scores(self) -> torch.Tensor:
         if self.config.score == "bn_gamma":
-            s = bn_gamma_of(self.model, self.graph)
-        else:
-            s = corrected_scores(self.scores, self.config.score_beta, self._score_steps)
-        return normalise_scores(s, self.config.score_norm, self.graph.unit_group, self.masks.keep)
+            return bn_gamma_of(self.model, self.graph)
+        return corrected_scores(self.scores, self.config.score_beta, self._score_steps)
 
     def _record(
         self, phase: str, loss: float, removed: int, macs: float | None = None

@@ -27,22 +27,6 @@ def corrected_scores(ema: torch.Tensor, beta: float, steps: int) -> torch.Tensor
     return ema / (1.0 - beta**steps)
 
 
-def normalise_scores(
-    scores: torch.Tensor, kind: str, unit_group: torch.Tensor, keep: torch.Tensor
-) -> torch.Tensor:
-    """`score_norm`: "none" leaves the scores; "mean" divides each by the mean score of
-    its group's live units (as Torch-Pruning's `normalizer="mean"`), so every group's
-    units are ranked on one scale."""
-    if kind == "none":
-        return scores
-    g, live = unit_group.cpu(), keep.to(device="cpu", dtype=torch.float64)
-    num_groups = int(g.max()) + 1 if len(g) else 0
-    total = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, scores * live)
-    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, live)
-    mean = total / count.clamp(min=1.0)
-    return scores / mean[g].clamp(min=torch.finfo(torch.float64).tiny)
-
-
 def bn_gamma_scores(
     weights: list[tuple[torch.Tensor, torch.Tensor]], num_units: int
 ) -> torch.Tensor:

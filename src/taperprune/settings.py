@@ -34,7 +34,6 @@ class PriceKind(str, Enum):
 
 
 PRICES = tuple(p.value for p in PriceKind)
-SCORE_NORMS = ("none", "mean")
 LATENCY_RUNTIMES = ("onnxruntime", "torch")  # = latency.RUNTIMES (this module is torch-free)
 
 
@@ -48,8 +47,6 @@ class PrunerConfig:
     score: ScoreKind = ScoreKind.TAYLOR
     price: PriceKind = PriceKind.STATIC
     price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
-    # "mean": each score ÷ its group's mean live score (Torch-Pruning's normalizer="mean")
-    score_norm: str = "none"
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
     round_to: int = 1  # every group keeps a multiple of this many channels, or its full width
     # Latency budgets ('3.5ms'): where the latency model and each snapshot are measured.
@@ -69,10 +66,6 @@ class PrunerConfig:
             raise ValueError(f"warmup_steps must be ≥ 1, got {self.warmup_steps}")
         if not 0 <= self.score_beta < 1:
             raise ValueError(f"score_beta must be in [0, 1), got {self.score_beta}")
-        if self.score_norm not in SCORE_NORMS:
-            raise ValueError(
-                f"score_norm must be one of {', '.join(SCORE_NORMS)}, got {self.score_norm!r}"
-            )
         if not (math.isfinite(self.price_power) and self.price_power > 0):
             raise ValueError(f"price_power must be > 0, got {self.price_power}")
         if self.max_bad_steps < 1:

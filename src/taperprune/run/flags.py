@@ -96,10 +96,6 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "score": (METHOD, "What ranks channels: taylor | bn_gamma."),
     "price": (METHOD, "A unit's price in the λ solve: static | macs | uniform."),
     "price_power": (METHOD, "Order units by score / price**p (1: the Lagrangian rule)."),
-    "score_norm": (
-        METHOD,
-        "none | mean: each score ÷ its group's mean live score (every layer on one scale).",
-    ),
     "round_to": (
         METHOD,
         "Keep every prunable group's width a multiple of N channels (or full), for "
