@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +17,6 @@ from taperprune.schedule import (
     even_rate,
     loss_estimate,
     start,
-    trend_loss,
 )
 
 FULL = 1_000_000.0
@@ -316,53 +315,3 @@ def test_trailing_reference_starts_from_the_warmup_loss():
     one = run(cfg, [REF * 1.5], ref=REF)[1]
     assert one.ref == pytest.approx(cfg.reference_beta * REF + (1 - cfg.reference_beta) * 1.5)
     assert one.ref_steps == 1
-
-
-def run_closed(cfg: ScheduleConfig, loss_at: Callable[[float], float]) -> list[TaperState]:
-    """The controller in a loop with a loss that depends on the budget it is at."""
-    states = [start(cfg, FULL, FINAL)]
-    while states[-1].budget > FINAL and len(states) <= cfg.steps:
-        s = states[-1]
-        states.append(advance(cfg, s, full=FULL, final=FINAL, loss=loss_at(s.budget), ref_loss=REF))
-    return states
-
-
-def halvings(budget: float) -> float:
-    return math.log2(FULL / budget)
-
-
-def test_trend_reference_expects_the_rise_each_halving_costs():
-    """A loss that rises a steady 10 % per halving of the budget: the warm-up reference
-    pauses the taper for good, the trend expects the rise and lets the controller run
-    ahead of the even pace."""
-    loss_at = lambda b: REF * (1 + 0.1 * halvings(b))  # noqa: E731
-    warm = run_closed(adaptive(steps=300), loss_at)
-    trend = run_closed(adaptive(steps=300, reference="trend"), loss_at)
-    assert sum(s.paused for s in warm) > 0.7 * len(warm)
-    assert not any(s.paused for s in trend)
-    assert len(trend) < 0.8 * len(warm)  # at the last budget well before the deadline
-    assert trend[-1].budget == FINAL == warm[-1].budget
-
-
-def test_trend_reference_speeds_up_where_pruning_is_cheap_and_slows_where_it_is_not():
-    """Free for the first halving, then 40 % per halving: the controller runs ahead while
-    the loss stays flat, slows down (or pauses) once the rise outgrows the line fitted so
-    far, and still reaches the last budget by the deadline."""
-    loss_at = lambda b: REF * (1 + 0.4 * max(0.0, halvings(b) - 1))  # noqa: E731
-    cfg = adaptive(steps=300, reference="trend")
-    states = run_closed(cfg, loss_at)
-    even = even_rate(FULL, FINAL, cfg.steps)
-    first = next(i for i, s in enumerate(states) if halvings(s.budget) >= 1)
-    assert first < 0.5 * cfg.steps / 3  # the first halving at more than twice the even pace
-    later = states[first + 10 :]
-    assert any(s.paused or s.rate < even for s in later)  # slowed in the costly part
-    assert states[-1].budget == FINAL and states[-1].step <= cfg.steps
-
-
-def test_trend_loss_is_a_line_through_the_warmup_loss_that_never_falls():
-    s = TaperState(trend_sxy=0.5, trend_sxx=2.0)
-    assert trend_loss(s, REF, 0.0) == REF
-    assert trend_loss(s, REF, 2.0) == pytest.approx(REF + 0.25 * 2.0)
-    falling = TaperState(trend_sxy=-1.0, trend_sxx=2.0)  # loss below warm-up: no negative slope
-    assert trend_loss(falling, REF, 3.0) == REF
-    assert trend_loss(TaperState(), REF, 1.0) == REF  # nothing fitted yet

@@ -21,7 +21,6 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_soft_price": {"price_power": 0.5},  # orders by s / d**0.5
     "taperprune_marginal_price": {"price": "macs"},  # the marginal MACs of the moment
     "taperprune_trailing": {"reference": "trailing"},  # the adaptive taper on a trailing loss
-    "taperprune_trend": {"reference": "trend"},  # … on the rise per halving so far
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
@@ -38,7 +37,6 @@ ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS, *DISTILLED_BASEL
 # round_to 8): run when named in --methods.
 ON_DEMAND = (
     "taperprune_trailing",
-    "taperprune_trend",
     "taperprune_exponential",
     "taperprune_round8",
     "taperprune_distill",

@@ -7,17 +7,11 @@ exact snapshot): the adaptive controller slows down when the training loss rises
 its reference, but never below the pace that still meets that deadline (a controller
 that may stall was measured to stall).
 
-The reference is the loss measured before pruning (`reference: warmup`), a slow moving
-average of the training loss itself (`reference: trailing`), or the loss the rise so far
-predicts at the current budget (`reference: trend`): a line through the warm-up loss,
-fitted by least squares to the loss against log(full / budget) over the taper so far.
-A smaller network settles at a higher loss, which the warm-up reference reads as damage
-for good (the demo's controller was paused on 409 of 465 taper steps, so the deadline
-set the pace); a trailing average lags a loss that rises steadily by more than the
-tolerance (measured: paused on 232 of 234 steps). The trend expects the rise each
-halving of the budget has cost so far, so the controller runs ahead while the loss
-rises no faster than that and slows down where it rises faster (where the damage per
-halving grows), spending the steps it saved there.
+The reference is the loss measured before pruning (`reference: warmup`), or a slow
+moving average of the training loss itself (`reference: trailing`): a smaller network
+settles at a higher loss, which the warm-up reference reads as damage for good (the
+demo's controller was paused on 409 of 465 taper steps, so the deadline set the pace),
+while the trailing one reads a loss rising faster than training recovers it.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
-REFERENCES = ("warmup", "trailing", "trend")
+REFERENCES = ("warmup", "trailing")
 
 
 class ScheduleKind(str, Enum):
@@ -86,9 +80,6 @@ class TaperState:
     excess: float = 0.0  # last relative excess loss seen
     ref: float = 0.0  # trailing reference: slow EMA of the loss, from the warm-up loss
     ref_steps: int = 0  # steps the trailing reference has seen (0: not started)
-    # trend: Σ x·(loss − warm-up loss) and Σ x² over the taper, x = log(full / budget)
-    trend_sxy: float = 0.0
-    trend_sxx: float = 0.0
 
 
 def even_rate(full: float, final: float, steps: int) -> float:
@@ -102,13 +93,6 @@ def start(cfg: ScheduleConfig, full: float, final: float) -> TaperState:
 
 def loss_estimate(state: TaperState, beta: float) -> float:
     return state.loss_ema / (1.0 - beta**state.loss_steps) if state.loss_steps else math.nan
-
-
-def trend_loss(state: TaperState, ref_loss: float, x: float) -> float:
-    """The loss the taper's rise so far predicts at x = log(full / budget): the least-squares
-    line through (0, ref_loss), its slope (loss per unit of log-budget) kept ≥ 0."""
-    slope = max(0.0, state.trend_sxy / state.trend_sxx) if state.trend_sxx > 0 else 0.0
-    return ref_loss + slope * x
 
 
 def control(cfg: ScheduleConfig, state: TaperState, excess: float, r_even: float) -> TaperState:
@@ -156,14 +140,6 @@ def advance(
             ref = cfg.reference_beta * prev + (1 - cfg.reference_beta) * loss
             state = replace(state, ref=ref, ref_steps=state.ref_steps + 1)
             ref_loss = ref
-        elif cfg.reference == "trend":
-            x = math.log(full / state.budget)  # the budget this step's loss was measured at
-            state = replace(
-                state,
-                trend_sxy=state.trend_sxy + x * (loss - ref_loss),
-                trend_sxx=state.trend_sxx + x * x,
-            )
-            ref_loss = trend_loss(state, ref_loss, x)
         excess = (loss_estimate(state, cfg.loss_beta) - ref_loss) / max(abs(ref_loss), 1e-12)
         state = control(
             cfg, replace(state, excess=excess), excess, even_rate(full, final, cfg.steps)

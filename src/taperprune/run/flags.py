@@ -79,8 +79,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "reference": (
         METHOD,
         "Adaptive: the loss it compares with: warmup (before pruning) | trailing (a slow "
-        "average of the loss: follows the rise a smaller net settles at) | trend (the rise "
-        "per halving of the budget seen so far: slows where the damage per halving grows).",
+        "average of the loss: follows the rise a smaller net settles at).",
     ),
     "reference_beta": (METHOD, "Adaptive, trailing: EMA rate of the reference loss."),
     "max_speed": (METHOD, "Adaptive: fastest rate, as a multiple of the even rate."),
