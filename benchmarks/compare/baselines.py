@@ -26,7 +26,7 @@ Every setting and where it comes from is in docs/BASELINES.md. In short:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -170,6 +170,37 @@ def knapsack_oneshot(
     return small, count_macs(small, example)
 
 
+def bisect_ratio(
+    trial: Callable[[float], tuple[nn.Module, int]],
+    target: int,
+    *,
+    hi: float,
+    tol: float,
+    trials: int,
+    what: str,
+) -> tuple[nn.Module, int, float]:
+    """The pruning ratio in (0, `hi`] whose pruned copy (`trial(ratio)` → model, MACs) has
+    the largest MACs ≤ `target`, by bisection to `tol` in at most `trials` halvings:
+    (model, MACs, ratio). `what` names the state at `hi` when even that is over target."""
+    best, best_macs = trial(hi)
+    if best_macs > target:
+        raise BudgetError(
+            f"{what} still has {best_macs:,} MACs > target {target:,}; the target is below "
+            "what it can reach"
+        )
+    lo = 0.0  # pruning ratio: lo does not fit, hi does
+    for _ in range(trials):
+        if hi - lo < tol:
+            break
+        mid = (lo + hi) / 2
+        m, macs = trial(mid)
+        if macs <= target:
+            hi, best, best_macs = mid, m, macs
+        else:
+            lo = mid
+    return best, best_macs, hi
+
+
 def uniform_width(model: nn.Module, example: torch.Tensor, target: int) -> tuple[nn.Module, int]:
     """`model` with every prunable group scaled by one ratio (bisection), L1 choosing channels.
 
@@ -198,20 +229,12 @@ def uniform_width(model: nn.Module, example: torch.Tensor, target: int) -> tuple
     narrowest = min(
         _out_channels(m) for m in model.modules() if _out_channels(m) and m is not ignored
     )
-    lo, hi = 0.0, 1.0 - 1.0 / narrowest  # pruning ratio: lo does not fit, hi must
-    best, best_macs = trial(hi)
-    if best_macs > target:
-        raise BudgetError(
-            f"uniform width with one channel left in the narrowest layer still has "
-            f"{best_macs:,} MACs > target {target:,}"
-        )
-    for _ in range(30):  # channel counts are integers: 30 halvings settle any width
-        mid = (lo + hi) / 2
-        m, macs = trial(mid)
-        if macs <= target:
-            hi, best, best_macs = mid, m, macs
-        else:
-            lo = mid
-        if hi - lo < 1e-4:
-            break
+    best, best_macs, _ = bisect_ratio(
+        trial,
+        target,
+        hi=1.0 - 1.0 / narrowest,
+        tol=1e-4,
+        trials=30,  # channel counts are integers: 30 halvings settle any width
+        what="uniform width with one channel left in the narrowest layer",
+    )
     return best, best_macs

@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 
 from taperprune.cost import count_macs
-from taperprune.errors import BudgetError, TaperpruneError
+from taperprune.errors import TaperpruneError
 
 from .baselines import (
     BASELINES,
@@ -26,6 +26,7 @@ from .baselines import (
     BaselineMethod,
     _is_layer,
     _out_channels,
+    bisect_ratio,
     knapsack_oneshot,
     output_layer,
     uniform_width,
@@ -175,30 +176,6 @@ def _copy_with_grads(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _bisect_ratio(
-    trial: Callable[[float], tuple[nn.Module, int]], target: int, channels: int, what: str
-) -> tuple[nn.Module, int, float]:
-    """The largest MACs ≤ `target` over ratios in [0, 1]: (model, MACs, ratio)."""
-    best, best_macs = trial(1.0)
-    if best_macs > target:
-        raise BudgetError(
-            f"{what} with every layer at its max pruning ratio still has {best_macs:,} MACs "
-            f"> target {target:,}; the target is below what it can reach"
-        )
-    lo, hi = 0.0, 1.0  # pruning ratio: lo does not fit, hi does
-    tol = min(1e-3, 0.25 / max(1, channels))  # finer than one channel of the scope
-    for _ in range(40):
-        if hi - lo < tol:
-            break
-        mid = (lo + hi) / 2
-        m, macs = trial(mid)
-        if macs <= target:
-            hi, best, best_macs = mid, m, macs
-        else:
-            lo = mid
-    return best, best_macs, hi
-
-
 def prune_oneshot(
     model: nn.Module,
     example: torch.Tensor,
@@ -230,7 +207,14 @@ def prune_oneshot(
         m.zero_grad(set_to_none=True)
         return m, count_macs(m, example)
 
-    return _bisect_ratio(trial, target, channels, "Torch-Pruning")
+    return bisect_ratio(
+        trial,
+        target,
+        hi=1.0,
+        tol=min(1e-3, 0.25 / max(1, channels)),  # finer than one channel of the scope
+        trials=40,
+        what="Torch-Pruning with every layer at its max pruning ratio",
+    )
 
 
 def _split(total: int, parts: int) -> list[int]:
