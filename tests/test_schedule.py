@@ -203,9 +203,20 @@ def test_exponential_schedule_formula():
     assert states[40].budget == FINAL
 
 
+def test_cubic_schedule_is_agp_slow_at_the_end():
+    cfg = ScheduleConfig(kind="cubic", steps=40)
+    states = run(cfg, [REF] * 50)
+    for t, s in enumerate(states[1:], start=1):
+        want = FINAL + (FULL - FINAL) * max(0.0, 1 - t / 40) ** 3
+        assert s.budget == pytest.approx(want, rel=1e-12)
+    assert states[40].budget == FINAL
+    # the last tenth of the steps removes less than the first tenth
+    assert states[36].budget - states[40].budget < states[0].budget - states[4].budget
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    st.sampled_from(["linear", "exponential", "adaptive"]),
+    st.sampled_from(["linear", "exponential", "cubic", "adaptive"]),
     st.integers(1, 30),
     st.integers(1000, 10**10),
     st.floats(1e-4, 0.999),
@@ -220,7 +231,7 @@ def test_every_schedule_lands_exactly_on_final(kind, steps, full, frac):
 
 
 def test_fixed_schedules_ignore_the_loss():
-    for kind in ("linear", "exponential", "oneshot"):
+    for kind in ("linear", "exponential", "cubic", "oneshot"):
         cfg = ScheduleConfig(kind=kind, steps=30)
         a = [s.budget for s in run(cfg, [REF] * 35)]
         b = [s.budget for s in run(cfg, [1e9] * 35)]

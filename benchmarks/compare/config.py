@@ -22,6 +22,7 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_marginal_price": {"price": "macs"},  # the marginal MACs of the moment
     "taperprune_trailing": {"reference": "trailing"},  # the adaptive taper on a trailing loss
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
+    "taperprune_cubic": {"schedule": "cubic"},  # AGP's cubic schedule, same steps
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
@@ -38,6 +39,7 @@ ALL_METHODS: tuple[str, ...] = (*TAPERPRUNE, *BASELINE_METHODS, *DISTILLED_BASEL
 ON_DEMAND = (
     "taperprune_trailing",
     "taperprune_exponential",
+    "taperprune_cubic",
     "taperprune_round8",
     "taperprune_distill",
     *DISTILLED_BASELINES,

@@ -50,16 +50,28 @@ def _torch_threads(threads: int) -> Iterator[None]:
 # a large model at batch 32 would otherwise spend minutes of a run on its latency.
 MAX_SECONDS = 5.0
 MIN_RUNS = 3
+# ...and goes on past `runs` until this many seconds are timed: 20 runs of a 0.15-ms model
+# are 3 ms of timing, and on a shared 2-core VM their median moved by up to 2× between
+# repeats (onnxruntime, batch 1); half a second of runs moved it by 4 % (docs/BENCHMARKS.md).
+MIN_SECONDS = 0.5
 
 
 def _time(
-    call: Callable[[], object], warmup: int, runs: int, max_seconds: float = MAX_SECONDS
+    call: Callable[[], object],
+    warmup: int,
+    runs: int,
+    max_seconds: float = MAX_SECONDS,
+    min_seconds: float = 0.0,
 ) -> tuple[float, float, int]:
-    """(median ms, p90 ms, runs timed)."""
+    """(median ms, p90 ms, runs timed): at least `runs` runs and `min_seconds` of them,
+    stopping at `max_seconds` (after MIN_RUNS at least)."""
     for _ in range(warmup):
         call()
     times: list[float] = []
-    while len(times) < runs and (len(times) < MIN_RUNS or sum(times) < max_seconds * 1e3):
+    max_ms, min_ms = max_seconds * 1e3, min(min_seconds, max_seconds) * 1e3
+    while (len(times) < runs or sum(times) < min_ms) and (
+        len(times) < MIN_RUNS or sum(times) < max_ms
+    ):
         t0 = time.perf_counter()
         call()
         times.append((time.perf_counter() - t0) * 1e3)
@@ -90,6 +102,7 @@ def torch_latency(
     runs: int = 20,
     device: torch.device | str = "cpu",
     max_seconds: float = MAX_SECONDS,
+    min_seconds: float = MIN_SECONDS,
 ) -> Latency:
     """Eager PyTorch latency of `model` in eval mode under `torch.inference_mode`."""
     threads = threads or default_threads()
@@ -106,7 +119,7 @@ def torch_latency(
 
     try:
         with _torch_threads(threads), torch.inference_mode():
-            median, p90, timed = _time(call, warmup, runs, max_seconds)
+            median, p90, timed = _time(call, warmup, runs, max_seconds, min_seconds)
     finally:
         model.train(was)
     return Latency("torch", batch, threads, median, p90, timed)
@@ -135,6 +148,7 @@ def onnx_latency(
     warmup: int = 5,
     runs: int = 20,
     max_seconds: float = MAX_SECONDS,
+    min_seconds: float = MIN_SECONDS,
 ) -> Latency:
     """onnxruntime (CPU) latency of the ONNX file at `path`."""
     threads = threads or default_threads()
@@ -142,7 +156,9 @@ def onnx_latency(
     session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-    median, p90, timed = _time(lambda: session.run(None, {name: x}), warmup, runs, max_seconds)
+    median, p90, timed = _time(
+        lambda: session.run(None, {name: x}), warmup, runs, max_seconds, min_seconds
+    )
     return Latency("onnxruntime", batch, threads, median, p90, timed)
 
 

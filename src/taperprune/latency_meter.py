@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import TaperpruneError
-from .latency import MAX_SECONDS, RUNTIMES, onnx_latency, torch_latency
+from .latency import MAX_SECONDS, MIN_SECONDS, RUNTIMES, onnx_latency, torch_latency
 
 
 @dataclass(frozen=True)
@@ -54,34 +54,43 @@ class RuntimeMeter:
     settings: LatencySettings
     runs: int = 20
     max_seconds: float = 1.0  # per layer timing; a whole network gets latency.MAX_SECONDS
+    # A layer is timed for at least this long (a network for latency.MIN_SECONDS): a table
+    # holds hundreds of layer timings, so it gets less than a whole network.
+    layer_min_seconds: float = 0.1
     _overhead: dict[tuple[int, ...], float] = field(default_factory=dict)
 
     def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
         """The layer's time; in onnxruntime less the cost of a call that does nothing on the
         same input (a network pays that once, not once per layer)."""
-        ms = self._time(module, input_shape, self.max_seconds, single=True)
+        limits = (self.layer_min_seconds, self.max_seconds)
+        ms = self._time(module, input_shape, *limits, single=True)
         if self.settings.runtime == "onnxruntime":
             if input_shape not in self._overhead:
                 self._overhead[input_shape] = self._time(
-                    nn.Identity(), input_shape, self.max_seconds, single=True
+                    nn.Identity(), input_shape, *limits, single=True
                 )
             ms = max(0.0, ms - self._overhead[input_shape])
         return ms
 
     def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
-        return self._time(module, input_shape, MAX_SECONDS, single=False)
+        return self._time(module, input_shape, MIN_SECONDS, MAX_SECONDS, single=False)
 
     def _time(
-        self, module: nn.Module, shape: tuple[int, ...], seconds: float, *, single: bool
+        self,
+        module: nn.Module,
+        shape: tuple[int, ...],
+        min_seconds: float,
+        max_seconds: float,
+        *,
+        single: bool,
     ) -> float:
         s = self.settings
         # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
         module = copy.deepcopy(module).cpu().float().eval()
         threads = s.resolved_threads()
+        limits = {"min_seconds": min_seconds, "max_seconds": max_seconds}
         if s.runtime == "torch":
-            lat = torch_latency(
-                module, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
-            )
+            lat = torch_latency(module, shape, s.batch, threads=threads, runs=self.runs, **limits)
             return lat.median_ms
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
@@ -91,9 +100,7 @@ class RuntimeMeter:
                 from .export import export_onnx
 
                 export_onnx(module, shape, path, check=False)
-            lat = onnx_latency(
-                path, shape, s.batch, threads=threads, runs=self.runs, max_seconds=seconds
-            )
+            lat = onnx_latency(path, shape, s.batch, threads=threads, runs=self.runs, **limits)
         return lat.median_ms
 
 

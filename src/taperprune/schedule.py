@@ -27,6 +27,7 @@ class ScheduleKind(str, Enum):
     ADAPTIVE = "adaptive"
     LINEAR = "linear"
     EXPONENTIAL = "exponential"
+    CUBIC = "cubic"
     ONESHOT = "oneshot"
 
 
@@ -129,6 +130,10 @@ def advance(
     elif kind is ScheduleKind.EXPONENTIAL:
         # Exactly `final` at the deadline: full * (final / full) can round above it.
         budget = final if t >= cfg.steps else full * (final / full) ** (t / cfg.steps)
+    elif kind is ScheduleKind.CUBIC:
+        # Zhu & Gupta's gradual pruning (AGP): the removed share grows as 1 − (1 − t/T)³, fast
+        # at first and slow towards the end, where each channel removed costs the most.
+        budget = final if t >= cfg.steps else final + (full - final) * (1 - t / cfg.steps) ** 3
     elif kind is ScheduleKind.ONESHOT:
         # Straight to each requested budget in turn, evenly spaced over the taper steps.
         levels = targets or (final,)

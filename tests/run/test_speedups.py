@@ -79,3 +79,17 @@ def test_a_measurement_stops_after_its_time_but_not_before_three_runs() -> None:
     _, _, runs = _time(call, 0, 100, max_seconds=0.05)
     assert MIN_RUNS <= runs <= 5  # about 0.05 s of 0.02-s runs, at least three
     assert _time(call, 0, 4, max_seconds=math.inf)[2] == 4  # bench-latency: every run asked
+
+
+def test_a_short_call_is_timed_for_at_least_its_minimum_time_and_never_past_its_maximum() -> None:
+    import time
+
+    from taperprune.latency import _time
+
+    def call() -> None:
+        time.sleep(0.005)
+
+    _, _, runs = _time(call, 0, 3, max_seconds=10.0, min_seconds=0.1)
+    assert 12 <= runs <= 21  # 0.1 s of ≥ 5-ms runs, not the 3 asked
+    _, _, runs = _time(call, 0, 3, max_seconds=0.02, min_seconds=1.0)
+    assert runs <= 5  # the maximum wins over the minimum

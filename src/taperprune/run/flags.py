@@ -73,7 +73,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "momentum": (TRAIN, "SGD momentum (AdamW: beta1)."),
     "weight_decay": (TRAIN, "Weight decay."),
     "optimizer": (TRAIN, "sgd | adamw."),
-    "schedule": (METHOD, "How the budget tapers: adaptive | linear | exponential | oneshot."),
+    "schedule": (METHOD, "How the budget tapers: adaptive | linear | exponential | cubic | oneshot."),
     "tolerance": (METHOD, "Adaptive: relative loss rise above the reference that is allowed."),
     "pause_factor": (METHOD, "Adaptive: a rise above tolerance × this pauses the taper."),
     "reference": (
