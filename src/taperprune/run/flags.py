@@ -73,7 +73,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "momentum": (TRAIN, "SGD momentum (AdamW: beta1)."),
     "weight_decay": (TRAIN, "Weight decay."),
     "optimizer": (TRAIN, "sgd | adamw."),
-    "schedule": (METHOD, "How the budget tapers: adaptive | linear | exponential | cubic | oneshot."),
+    "schedule": (METHOD, "How the budget tapers: adaptive|linear|exponential|cubic|oneshot."),
     "tolerance": (METHOD, "Adaptive: relative loss rise above the reference that is allowed."),
     "pause_factor": (METHOD, "Adaptive: a rise above tolerance × this pauses the taper."),
     "reference": (
@@ -120,7 +120,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "onnx": (OUTPUTS, "Write model.onnx next to each snapshot, checked with onnxruntime."),
     "latency_batches": (OUTPUTS, "Batch sizes to time each snapshot at ('' to skip timing)."),
     "latency_runtimes": (OUTPUTS, "Runtimes to time: torch, onnxruntime (comma-separated)."),
-    "latency_runs": (OUTPUTS, "Timed runs per latency measurement."),
+    "latency_runs": (OUTPUTS, "Timed runs per latency measurement (and at least 0.5 s of them)."),
     "report": (OUTPUTS, "Write report.html and its plots at the end."),
 }
 FIRST = ("model", "data", "input", "budgets", "out")  # shown first in --help
