@@ -240,9 +240,11 @@ def test_find_snapshot_by_label_fraction_and_macs(run: Path) -> None:
 def test_latency_measures_and_restores_threads() -> None:
     model = demo_cnn(width=4)
     before = torch.get_num_threads()
-    lat = torch_latency(model, (1, 28, 28), 2, threads=1, warmup=1, runs=5)
+    lat = torch_latency(model, (1, 28, 28), 2, threads=1, warmup=1, runs=5, min_seconds=0.0)
     assert torch.get_num_threads() == before
     assert lat.threads == 1 and lat.runs == 5 and 0 < lat.median_ms <= lat.p90_ms
+    # By default a measurement goes on past `runs` until half a second is timed.
+    assert torch_latency(model, (1, 28, 28), 2, threads=1, warmup=1, runs=5).runs > 5
     assert speedups([lat], [lat]) == {"torch/b2": 1.0}
     with pytest.raises(TaperpruneError, match="batch, runs and threads"):
         torch_latency(model, (1, 28, 28), 0)
