@@ -88,9 +88,16 @@ class RuntimeMeter:
         # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
         module = copy.deepcopy(module).cpu().float().eval()
         threads = s.resolved_threads()
-        limits = {"min_seconds": min_seconds, "max_seconds": max_seconds}
         if s.runtime == "torch":
-            lat = torch_latency(module, shape, s.batch, threads=threads, runs=self.runs, **limits)
+            lat = torch_latency(
+                module,
+                shape,
+                s.batch,
+                threads=threads,
+                runs=self.runs,
+                min_seconds=min_seconds,
+                max_seconds=max_seconds,
+            )
             return lat.median_ms
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
@@ -100,7 +107,15 @@ class RuntimeMeter:
                 from .export import export_onnx
 
                 export_onnx(module, shape, path, check=False)
-            lat = onnx_latency(path, shape, s.batch, threads=threads, runs=self.runs, **limits)
+            lat = onnx_latency(
+                path,
+                shape,
+                s.batch,
+                threads=threads,
+                runs=self.runs,
+                min_seconds=min_seconds,
+                max_seconds=max_seconds,
+            )
         return lat.median_ms
 
 
