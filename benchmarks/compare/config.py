@@ -23,6 +23,7 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_trailing": {"reference": "trailing"},  # the adaptive taper on a trailing loss
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
     "taperprune_cubic": {"schedule": "cubic"},  # AGP's cubic schedule, same steps
+    "taperprune_floor": {"width_floor": 0.75},  # ≥ ¾ of the uniform-width allocation
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
@@ -40,6 +41,7 @@ ON_DEMAND = (
     "taperprune_trailing",
     "taperprune_exponential",
     "taperprune_cubic",
+    "taperprune_floor",
     "taperprune_round8",
     "taperprune_distill",
     *DISTILLED_BASELINES,

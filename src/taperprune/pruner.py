@@ -249,6 +249,7 @@ class TaperPruner:
             price_power=self.config.price_power,
             fixed_price=self._static_price,
             block_units=self.block_units,
+            width_floor=self.config.width_floor,
             marginals=None if self._d is None else (self._macs, self._d),
         )
         self._d = sol.marginals

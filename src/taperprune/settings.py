@@ -49,6 +49,9 @@ class PrunerConfig:
     price_power: float = 1.0  # order by s / d**p; 1 is the Lagrangian rule
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients before giving up
     round_to: int = 1  # every group keeps a multiple of this many channels, or its full width
+    # > 0: every group keeps at least this share of the channels uniform width would leave
+    # it at the current budget (a floor against lopsided widths; with round_to 1 only).
+    width_floor: float = 0.0
     # Latency budgets ('3.5ms'): where the latency model and each snapshot are measured.
     latency_runtime: str = "onnxruntime"  # "onnxruntime" | "torch"
     latency_batch: int = 1
@@ -72,6 +75,10 @@ class PrunerConfig:
             raise ValueError(f"max_bad_steps must be ≥ 1, got {self.max_bad_steps}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
             raise ValueError(f"round_to must be a whole number of channels, got {self.round_to!r}")
+        if not 0 <= self.width_floor < 1:
+            raise ValueError(f"width_floor must be in [0, 1), got {self.width_floor}")
+        if self.width_floor and self.round_to != 1:
+            raise ValueError("width_floor works with round_to 1 only; set one of them")
         if self.latency_runtime not in LATENCY_RUNTIMES:
             raise ValueError(
                 f"latency_runtime must be one of {', '.join(LATENCY_RUNTIMES)}, got "

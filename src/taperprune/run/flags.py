@@ -95,6 +95,10 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "score": (METHOD, "What ranks channels: taylor | bn_gamma."),
     "price": (METHOD, "A unit's price in the λ solve: static | macs | uniform."),
     "price_power": (METHOD, "Order units by score / price**p (1: the Lagrangian rule)."),
+    "width_floor": (
+        METHOD,
+        "Each group keeps ≥ this share of its uniform-width allocation (0: off; round_to 1).",
+    ),
     "round_to": (
         METHOD,
         "Keep every prunable group's width a multiple of N channels (or full), for "

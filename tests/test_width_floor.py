@@ -1,0 +1,108 @@
+"""`width_floor`: every group keeps a share of its uniform-width allocation at each budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _pruning_helpers import TemplateData, small_cost_cases
+from taperprune.blocks import group_widths
+from taperprune.constraint import _rank_within, solve_budget, uniform_floor
+from taperprune.cost import macs_and_marginals
+from taperprune.models import demo_cnn
+from taperprune.pruner import PrunerConfig, TaperPruner
+from taperprune.schedule import ScheduleConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CASES = small_cost_cases()
+
+
+def floor_keep(case, floor: torch.Tensor) -> torch.Tensor:
+    return _rank_within(case.unit_group) < floor[case.unit_group]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CASES), st.floats(0.0, 1.0), st.floats(0.05, 0.95))
+def test_the_floors_fit_the_budget_they_are_drawn_for(case, frac, share):
+    budget = case.min_macs + frac * (case.cm.full_macs - case.min_macs)
+    floor = uniform_floor(case.cm, case.unit_group, case.num_groups, budget, share)
+    units = torch.bincount(case.unit_group, minlength=case.num_groups)
+    assert bool((floor >= 1).all()) and bool((floor <= units).all())
+    total, _ = macs_and_marginals(case.cm, floor_keep(case, floor))
+    # One unit per group is the least any solve keeps; above that the floors fit the budget.
+    assert total <= max(budget, case.min_macs) + 1e-6
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CASES), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_the_solve_meets_the_budget_and_keeps_every_floor(case, frac, seed):
+    budget = case.min_macs + frac * (case.cm.full_macs - case.min_macs)
+    scores = torch.rand(case.graph.num_units, generator=torch.Generator().manual_seed(seed))
+    keep = torch.ones(case.graph.num_units, dtype=torch.bool)
+    sol = solve_budget(
+        case.cm, scores, keep, budget, case.unit_group, case.interactions, width_floor=0.75
+    )
+    assert sol.feasible and sol.macs <= budget + 1e-6
+    floor = uniform_floor(case.cm, case.unit_group, case.num_groups, budget, 0.75)
+    live = torch.bincount(case.unit_group[sol.keep], minlength=case.num_groups)
+    assert bool((live >= floor).all()), (live.tolist(), floor.tolist())
+
+
+def test_a_floor_changes_which_channels_a_lopsided_score_removes():
+    case = CASES[2]  # demo4: 4-8-16-16 channels
+    scores = torch.ones(case.graph.num_units)
+    scores[case.unit_group == 1] = 1e-6  # the second layer is worth nothing to the scores
+    keep = torch.ones(case.graph.num_units, dtype=torch.bool)
+    budget = 0.3 * case.cm.full_macs
+    args = (case.cm, scores, keep, budget, case.unit_group, case.interactions)
+    bare = solve_budget(*args)
+    floored = solve_budget(*args, width_floor=0.75)
+    count = lambda s: torch.bincount(case.unit_group[s.keep], minlength=case.num_groups)  # noqa: E731
+    assert int(count(bare)[1]) == 1  # without a floor the worthless layer falls to one unit
+    assert int(count(floored)[1]) > 1
+    assert floored.macs <= budget
+
+
+def test_a_pruner_with_a_floor_keeps_it_at_every_step():
+    torch.manual_seed(0)
+    model = demo_cnn(num_classes=10, width=6)
+    example = torch.zeros(1, 1, 12, 12)
+    config = PrunerConfig(
+        schedule=ScheduleConfig(kind="exponential", steps=12), warmup_steps=3, width_floor=0.75
+    )
+    pruner = TaperPruner(model, example, [0.5, 0.2], config=config)
+    data = TemplateData((1, 12, 12), seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    n_groups = len(pruner.graph.groups)
+    for _ in range(30):
+        x, y = data.batch(16)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        record = pruner.step(loss)
+        if record.phase == "taper":
+            assert record.macs <= record.budget
+            floor = uniform_floor(
+                pruner.cost, pruner.graph.unit_group, n_groups, record.budget, 0.75
+            )
+            assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
+        if pruner.done:
+            break
+    assert pruner.done and list(pruner.snapshots) == pruner.budgets
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"width_floor": 1.0}, "width_floor must be in"),
+        ({"width_floor": 0.5, "round_to": 8}, "round_to 1 only"),
+    ],
+)
+def test_bad_floors_are_refused(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        PrunerConfig(**kwargs)
