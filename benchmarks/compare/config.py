@@ -24,6 +24,7 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_exponential": {"schedule": "exponential"},  # a fixed schedule, same steps
     "taperprune_cubic": {"schedule": "cubic"},  # AGP's cubic schedule, same steps
     "taperprune_floor": {"width_floor": 0.75},  # ≥ ¾ of the uniform-width allocation
+    "taperprune_floor90": {"width_floor": 0.9},
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
 }
@@ -42,6 +43,7 @@ ON_DEMAND = (
     "taperprune_exponential",
     "taperprune_cubic",
     "taperprune_floor",
+    "taperprune_floor90",
     "taperprune_round8",
     "taperprune_distill",
     *DISTILLED_BASELINES,
