@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import TaperpruneError
-from .latency import MAX_SECONDS, MIN_SECONDS, RUNTIMES, onnx_latency, torch_latency
+from .latency import MAX_SECONDS, MIN_SECONDS, RUNTIMES, Latency, onnx_latency, torch_latency
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,15 @@ class RuntimeMeter:
         s = self.settings
         # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
         module = copy.deepcopy(module).cpu().float().eval()
-        threads = s.resolved_threads()
+        limits = {"threads": s.resolved_threads(), "runs": self.runs}
+
+        def median(measure: Callable[..., Latency], target: nn.Module | Path) -> float:
+            return measure(
+                target, shape, s.batch, **limits, min_seconds=min_seconds, max_seconds=max_seconds
+            ).median_ms
+
         if s.runtime == "torch":
-            lat = torch_latency(
-                module,
-                shape,
-                s.batch,
-                threads=threads,
-                runs=self.runs,
-                min_seconds=min_seconds,
-                max_seconds=max_seconds,
-            )
-            return lat.median_ms
+            return median(torch_latency, module)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
             if single:
@@ -107,16 +105,7 @@ class RuntimeMeter:
                 from .export import export_onnx
 
                 export_onnx(module, shape, path, check=False)
-            lat = onnx_latency(
-                path,
-                shape,
-                s.batch,
-                threads=threads,
-                runs=self.runs,
-                min_seconds=min_seconds,
-                max_seconds=max_seconds,
-            )
-        return lat.median_ms
+            return median(onnx_latency, path)
 
 
 def _single_layer_onnx(module: nn.Module, shape: tuple[int, ...], path: Path) -> None:
