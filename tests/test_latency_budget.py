@@ -301,8 +301,8 @@ def test_far_slower_than_modelled_prunes_to_the_minimum_and_says_so() -> None:
 def test_the_real_meter_times_a_layer_and_a_network_in_each_runtime(runtime: str) -> None:
     from taperprune.latency_meter import RuntimeMeter
 
-    meter = RuntimeMeter(LatencySettings(runtime, batch=2, threads=1), runs=3, max_seconds=0.2)
-    meter.layer_min_seconds = 0.01
+    settings = LatencySettings(runtime, batch=2, threads=1)
+    meter = RuntimeMeter(settings, runs=3, max_seconds=0.2, layer_min_seconds=0.01)
     conv = nn.Conv2d(4, 8, 3, padding=1)
     assert meter.layer_ms(conv, (4, 8, 8)) >= 0.0  # onnxruntime: less an empty call's time
     net = demo_cnn(num_classes=3, width=2)

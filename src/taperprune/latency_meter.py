@@ -88,11 +88,17 @@ class RuntimeMeter:
         s = self.settings
         # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
         module = copy.deepcopy(module).cpu().float().eval()
-        limits = {"threads": s.resolved_threads(), "runs": self.runs}
+        threads = s.resolved_threads()
 
         def median(measure: Callable[..., Latency], target: nn.Module | Path) -> float:
             return measure(
-                target, shape, s.batch, **limits, min_seconds=min_seconds, max_seconds=max_seconds
+                target,
+                shape,
+                s.batch,
+                threads=threads,
+                runs=self.runs,
+                min_seconds=min_seconds,
+                max_seconds=max_seconds,
             ).median_ms
 
         if s.runtime == "torch":
