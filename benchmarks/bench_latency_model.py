@@ -26,7 +26,6 @@ import argparse
 import csv
 import datetime as dt
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,8 @@ import torch
 from benchmarks.bench_latency import others_now, versions, wait_others
 from taperprune.blocks import group_widths
 from taperprune.constraint import _rank_within
-from taperprune.export import export_onnx
 from taperprune.graph import build_graph
-from taperprune.latency import onnx_latency, torch_latency
-from taperprune.latency_meter import LatencySettings
+from taperprune.latency_meter import LatencySettings, RuntimeMeter
 from taperprune.latency_table import build_latency_model
 from taperprune.models import build_model
 from taperprune.surgery import remove_masked
@@ -106,36 +103,29 @@ def measure_net(name: str, args: argparse.Namespace, write: Any) -> None:
             for i in range(args.configs):
                 keep = random_keep(graph, gen, round_to)
                 small = remove_masked(model, graph, keep, verify=False)
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "m.onnx"
-                    if runtime == "onnxruntime":  # exported once, timed at every batch
-                        export_onnx(small, shape, path, check=False)
-                    for settings, lm, seconds in models.values():
-                        measured, busy = _timed(small, path, shape, settings, args)
-                        row = _row(name, shape, settings, round_to, i, graph, keep, lm)
-                        row.update(
-                            measured_ms=round(measured, 5),
-                            error=round(abs(row["predicted_ms"] - measured) / measured, 5),
-                            model_seconds=round(seconds, 1),
-                            others_cores=round(busy, 2),
-                        )
-                        write(row)
+                for settings, lm, seconds in models.values():
+                    measured, busy = _timed(small, shape, settings, args)
+                    row = _row(name, shape, settings, round_to, i, graph, keep, lm)
+                    row.update(
+                        measured_ms=round(measured, 5),
+                        error=round(abs(row["predicted_ms"] - measured) / measured, 5),
+                        model_seconds=round(seconds, 1),
+                        others_cores=round(busy, 2),
+                    )
+                    write(row)
 
 
 def _timed(
     small: torch.nn.Module,
-    path: Path,
     shape: tuple[int, ...],
     settings: LatencySettings,
     args: argparse.Namespace,
 ) -> tuple[float, float]:
-    """(median ms, others' cores meanwhile), re-timed (twice at most) when others ran."""
-    threads = settings.resolved_threads()
+    """(ms, others' cores meanwhile) by the meter a run's snapshot check uses (the median
+    of its windows), re-timed (twice at most) when others ran."""
+    meter = RuntimeMeter(settings)
     for _attempt in range(3):
-        if settings.runtime == "onnxruntime":
-            ms = onnx_latency(path, shape, settings.batch, threads=threads).median_ms
-        else:
-            ms = torch_latency(small, shape, settings.batch, threads=threads).median_ms
+        ms = meter.net_ms(small, shape)
         busy = others_now(0.3)
         if busy < 0.25:
             break

@@ -308,3 +308,23 @@ def test_the_real_meter_times_a_layer_and_a_network_in_each_runtime(runtime: str
     net = demo_cnn(num_classes=3, width=2)
     assert meter.net_ms(net, (1, 12, 12)) > 0.0
     assert net.training  # the caller's model is timed on a copy, left as it was
+
+
+def test_a_network_is_timed_in_windows_and_the_median_window_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taperprune import latency_meter
+    from taperprune.latency import MIN_SECONDS, Latency
+
+    windows = iter([5.0, 1.0, 3.0])
+    asked: list[dict] = []
+
+    def fake_torch_latency(target: nn.Module, shape: tuple, batch: int, **kw: float) -> Latency:
+        asked.append(kw)
+        return Latency("torch", batch, 1, next(windows), 0.0, 1)
+
+    monkeypatch.setattr(latency_meter, "torch_latency", fake_torch_latency)
+    meter = latency_meter.RuntimeMeter(LatencySettings("torch", batch=1, threads=1))
+    assert meter.net_rounds == 3
+    assert meter.net_ms(nn.Linear(2, 2), (2,)) == 3.0  # the median window, not the mean
+    assert len(asked) == 3 and all(kw["min_seconds"] == MIN_SECONDS for kw in asked)

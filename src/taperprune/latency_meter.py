@@ -4,6 +4,7 @@ meter that times one layer alone or a whole network, in eager torch or onnxrunti
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ class RuntimeMeter:
     # A layer is timed for at least this long (a network for latency.MIN_SECONDS): a table
     # holds hundreds of layer timings, so it gets less than a whole network.
     layer_min_seconds: float = 0.1
+    # A network is timed in this many windows (a fresh onnxruntime session each) and the
+    # median window kept: one window's median moved by 10-18 % between back-to-back
+    # repeats on a shared 2-core VM, and one slow window should not decide a snapshot.
+    net_rounds: int = 3
     _overhead: dict[tuple[int, ...], float] = field(default_factory=dict)
 
     def layer_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -74,7 +79,10 @@ class RuntimeMeter:
         return ms
 
     def net_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
-        return self._time(module, input_shape, MIN_SECONDS, MAX_SECONDS, single=False)
+        """The median of `net_rounds` windows of at least latency.MIN_SECONDS each."""
+        return self._time(
+            module, input_shape, MIN_SECONDS, MAX_SECONDS, single=False, rounds=self.net_rounds
+        )
 
     def _time(
         self,
@@ -84,6 +92,7 @@ class RuntimeMeter:
         max_seconds: float,
         *,
         single: bool,
+        rounds: int = 1,
     ) -> float:
         s = self.settings
         # A CPU float copy: the caller's model (maybe on a GPU, maybe training) is untouched.
@@ -91,15 +100,18 @@ class RuntimeMeter:
         threads = s.resolved_threads()
 
         def median(measure: Callable[..., Latency], target: nn.Module | Path) -> float:
-            return measure(
-                target,
-                shape,
-                s.batch,
-                threads=threads,
-                runs=self.runs,
-                min_seconds=min_seconds,
-                max_seconds=max_seconds,
-            ).median_ms
+            return statistics.median(
+                measure(
+                    target,
+                    shape,
+                    s.batch,
+                    threads=threads,
+                    runs=self.runs,
+                    min_seconds=min_seconds,
+                    max_seconds=max_seconds,
+                ).median_ms
+                for _ in range(rounds)
+            )
 
         if s.runtime == "torch":
             return median(torch_latency, module)
