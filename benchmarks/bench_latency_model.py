@@ -1,12 +1,15 @@
 """How well the latency model predicts what it prices (issue 15): predicted vs measured
-latency of random masked networks.
+latency of random masked networks, and the timer's own spread beside it.
 
 For each net, runtime and batch the latency model is measured from scratch (no cache:
-per-layer tables and the four-point calibration, as a latency-budget run does), then
+per-layer tables and the calibration on nine whole networks, as a latency-budget run does), then
 `--configs` random masked configurations are pruned physically and timed end to end with
 the same meter. Each group keeps a random share of its channels, uniform in [0.15, 1];
 with `--round-to 8` the share is rounded to a multiple of 8 channels, as a run with
-`--round-to 8` would produce. The error is |predicted − measured| / measured.
+`--round-to 8` would produce. Every configuration is timed in `--repeats` passes over
+all of them (the meter a run's snapshot check uses: the median of three half-second
+windows); measured is their mean, the error |predicted − measured| / measured, and the
+timer spread (max − min) / mean of the passes: the floor under any model's error here.
 
 Timing wants a quiet machine: the bench waits (`--wait-quiet`) until other processes use
 less than 0.25 core, and re-times a configuration measured while others ran.
@@ -57,6 +60,7 @@ FIELDS = [
     "predicted_ms",
     "measured_ms",
     "error",
+    "repeat_spread",  # (max − min) / mean of the configuration's `--repeats` timings
     "tables_ms",  # Σ layer tables before the calibration's scale (to refit it offline)
     "activations",
     "calibration",  # base_ms / per_act_ms / scale of this model
@@ -100,15 +104,28 @@ def measure_net(name: str, args: argparse.Namespace, write: Any) -> None:
             models[batch] = (settings, lm, time.perf_counter() - t0)
         for round_to in args.round_to:
             gen = torch.Generator().manual_seed(1000 + round_to)
+            nets = []
             for i in range(args.configs):
                 keep = random_keep(graph, gen, round_to)
-                small = remove_masked(model, graph, keep, verify=False)
-                for settings, lm, seconds in models.values():
-                    measured, busy = _timed(small, shape, settings, args)
+                nets.append((i, keep, remove_masked(model, graph, keep, verify=False)))
+            for settings, lm, seconds in models.values():
+                # Every configuration timed once per pass, `--repeats` passes: the two
+                # timings of one network lie minutes apart, so their spread is the timer's
+                # own, slow drift included, measured in the same run as the error.
+                times: dict[int, list[float]] = {i: [] for i, _, _ in nets}
+                busy = 0.0
+                for _ in range(args.repeats):
+                    for i, _, small in nets:
+                        ms, others = _timed(small, shape, settings, args)
+                        times[i].append(ms)
+                        busy = max(busy, others)
+                for i, keep, _ in nets:
+                    measured = statistics.mean(times[i])
                     row = _row(name, shape, settings, round_to, i, graph, keep, lm)
                     row.update(
                         measured_ms=round(measured, 5),
                         error=round(abs(row["predicted_ms"] - measured) / measured, 5),
+                        repeat_spread=round((max(times[i]) - min(times[i])) / measured, 5),
                         model_seconds=round(seconds, 1),
                         others_cores=round(busy, 2),
                     )
@@ -170,15 +187,18 @@ def markdown(path: Path) -> str:
         cells.setdefault(key, []).append(r)
     out = [
         "| net | input | runtime | batch | threads | round_to | configs | median error | "
-        "90th pct error | worst | model built in |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "90th pct error | worst | timer spread | model built in |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, rs in cells.items():
         errs = sorted(float(r["error"]) for r in rs)
         p90 = errs[min(len(errs) - 1, int(0.9 * len(errs)))]
+        spreads = [float(r["repeat_spread"]) for r in rs if r.get("repeat_spread")]
+        spread = f"{100 * statistics.median(spreads):.1f} %" if spreads else "–"
         out.append(
             "| " + " | ".join(key) + f" | {len(rs)} | {100 * statistics.median(errs):.1f} % | "
-            f"{100 * p90:.1f} % | {100 * errs[-1]:.1f} % | {rs[0]['model_seconds']} s |"
+            f"{100 * p90:.1f} % | {100 * errs[-1]:.1f} % | {spread} | "
+            f"{rs[0]['model_seconds']} s |"
         )
     return "\n".join(out) + "\n"
 
@@ -191,6 +211,7 @@ def main() -> None:
     p.add_argument("--round-to", default="1,8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--configs", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=2, help="passes over the configurations")
     p.add_argument("--wait-quiet", type=float, default=600.0, help="seconds to wait at most")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     p.add_argument("--md", type=Path, default=DEFAULT_MD)
