@@ -120,6 +120,16 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert xv.shape[1:] == (3, 32, 32)
 
 
+def test_a_test_limit_on_an_image_folder_keeps_every_class(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, ["cat", "dog", "eel"])  # listed class by class
+    for seed in (0, 1):
+        data = load_data(
+            f"imagefolder:{tmp_path}", batch_size=2, image_size=32, test_limit=3, seed=seed
+        )
+        labels = sorted(int(y) for _, y in data.test.dataset)
+        assert labels == [0, 1, 2]  # not the first three, all cats
+
+
 def test_imagefolder_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="train"):
         load_data(f"imagefolder:{tmp_path}")

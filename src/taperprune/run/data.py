@@ -305,12 +305,16 @@ def _crop_from_input(shape: tuple[int, int, int], image_size: int | None) -> int
 
 
 def _limit(ds: Dataset, n: int | None, seed: int, shuffle: bool) -> Dataset:
-    if n is None or n >= len(ds):  # type: ignore[arg-type]
+    """`n` examples: a seeded random draw, or (not shuffled: the test set) `n` evenly
+    spaced ones, the same for every seed. Not the first `n`: an image folder lists its
+    examples class by class, so those would all be of one class."""
+    size: int = len(ds)  # type: ignore[arg-type]
+    if n is None or n >= size:
         return ds
     idx = (
-        torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]  # type: ignore[arg-type]
+        torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
         if shuffle
-        else torch.arange(n)
+        else torch.arange(n) * size // n
     )
     return torch.utils.data.Subset(ds, idx.tolist())
 
