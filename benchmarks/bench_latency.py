@@ -39,7 +39,6 @@ import copy
 import csv
 import datetime as dt
 import math
-import os
 import platform
 import statistics
 import tempfile
@@ -57,6 +56,7 @@ from torch import nn
 from taperprune.cost import count_macs
 from taperprune.export import export_onnx
 from taperprune.latency import onnx_latency, onnx_session, torch_latency
+from taperprune.machine_load import OthersMeter
 from taperprune.models import build_model, default_input_shape
 from taperprune.pruner import TaperPruner
 from taperprune.settings import PrunerConfig
@@ -109,36 +109,10 @@ def load1() -> float:
         return math.nan
 
 
-def cpu_ticks() -> tuple[int, int]:
-    """(busy ticks of the whole machine, ticks of this process, all its threads)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    t = [int(v) for v in fields]
-    busy = t[0] + t[1] + t[2] + t[5] + t[6] + t[7]  # user nice system irq softirq steal
-    mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return busy, int(mine[11]) + int(mine[12])  # utime + stime
-
-
-class OthersMeter:
-    """CPU cores used by other processes between `start()` and `cores()`."""
-
-    def __init__(self) -> None:
-        self.start()
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self.ticks0 = cpu_ticks()
-
-    def cores(self) -> float:
-        busy, mine = cpu_ticks()
-        dt_s = max(time.monotonic() - self.t0, 1e-3)
-        hz = os.sysconf("SC_CLK_TCK")
-        return max(0.0, (busy - self.ticks0[0] - (mine - self.ticks0[1])) / hz / dt_s)
-
-
 def others_now(seconds: float = 3.0) -> float:
     meter = OthersMeter()
     time.sleep(seconds)
-    return meter.cores()
+    return meter.cores() or 0.0
 
 
 def wait_quiet(limit_s: float, below: float = 1.0, every_s: float = 30.0) -> float:
@@ -435,7 +409,7 @@ def time_net(net: Net, args: argparse.Namespace, out: CsvOut, peak: float) -> No
                         measure(variants[i], shape, runtime, batch, args.threads, runs)
                         for i in order
                     ]
-                    used = meter.cores()
+                    used = meter.cores() or 0.0
                     if used < args.busy or attempt == args.redo:
                         break
                     # Another process ran during this round: wait for quiet and redo it.
@@ -665,7 +639,7 @@ def main() -> None:
             wait_quiet(args.wait_quiet)
         meter = OthersMeter()
         peak, rows = kernels(tmp, args.threads)
-        others = meter.cores()
+        others = meter.cores() or 0.0
         for row in rows:
             row["others_cores"] = _r(others, 2)
             out.write(row)

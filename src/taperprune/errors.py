@@ -25,3 +25,7 @@ class ModelError(TaperpruneError):
 
 class RunInterrupted(TaperpruneError):
     """SIGINT/SIGTERM: the run checkpointed and stopped; it can be resumed."""
+
+
+class LatencyTimingWarning(UserWarning):
+    """A latency timed while other processes used the CPU: its figures may be far off."""

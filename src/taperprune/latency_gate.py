@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .budget import NS, amount
 from .latency_meter import LatencySettings
+from .machine_load import busy_note
 from .settings import PrunerConfig
 
 LATENCY_SLACK = 1.05
@@ -31,6 +32,12 @@ def round_to_notes(settings: LatencySettings, round_to: int) -> list[str]:
             "where it is accurate"
         ]
     return []
+
+
+def load_notes(cost: object) -> list[str]:
+    """What to tell a user whose latency model was timed while other processes ran."""
+    note = busy_note(getattr(cost, "others_cores", None), "the latency model")
+    return [note] if note else []
 
 
 def retry_goal(

@@ -86,6 +86,8 @@ class LatencyModel:
     per_act_ms: float  # the remainder per output element of a counted layer
     scale: float  # in-network time of a layer ÷ its time alone
     incidence: CostModel  # the MAC model of the same layers: which units meet where
+    # Other processes' CPU use while it was timed (machine_load; None: not measured).
+    others_cores: float | None = None
     # Derived once: padded grids and values, and the unit incidence per layer.
     _gin: torch.Tensor = field(init=False, repr=False)
     _gout: torch.Tensor = field(init=False, repr=False)

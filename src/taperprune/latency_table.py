@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +23,13 @@ from torch import nn
 
 from .constraint import _rank_within
 from .cost import build_cost_model, forward_with_hooks
-from .errors import TaperpruneError
+from .errors import LatencyTimingWarning, TaperpruneError
 from .files import write_json
 from .graph import FIXED, ChannelGraph
 from .latency_cache import FORMAT, cache_dir, cache_key, key_parts
 from .latency_meter import LatencySettings, Meter, RuntimeMeter
 from .latency_model import LatencyModel, LayerTable, monotone
+from .machine_load import OthersMeter, busy_note
 from .surgery import remove_masked
 
 GRID_POINTS = 5  # per prunable width: 8, ¼, ½, ¾ and all of it
@@ -218,6 +220,8 @@ def build_latency_model(
                 return _from_cached(json.loads(path.read_text()), specs, graph)
             except (ValueError, KeyError, TypeError):
                 pass  # a damaged or older entry: measure again and overwrite it
+    # Only the real meter's timings suffer from other processes (a fake one is exact).
+    load = OthersMeter() if meter is None else None
     meter = meter if meter is not None else RuntimeMeter(settings)
     tables: dict[str, LayerTable] = {}
     by_shape: dict[str, LayerTable] = {}
@@ -238,6 +242,10 @@ def build_latency_model(
         net = model if bool(keep.all()) else remove_masked(model, graph, keep, verify=False)
         points.append((meter.net_ms(net, shape), *raw.parts(keep)))
     base_ms, per_act_ms, scale = fit_calibration(points)
+    others = load.cores() if load is not None else None
+    note = busy_note(others, "the latency model")
+    if note:
+        warnings.warn(note, LatencyTimingWarning, stacklevel=2)
     if path is not None:
         write_json(
             path,
@@ -247,12 +255,13 @@ def build_latency_model(
                 "base_ms": base_ms,
                 "per_act_ms": per_act_ms,
                 "scale": scale,
+                "others_cores": others,
                 "calibration": [
                     {"measured_ms": m, "tables_ms": t, "activations": a} for m, t, a in points
                 ],
             },
         )
-    return _assemble(specs, tables, graph, base_ms, per_act_ms, scale)
+    return _assemble(specs, tables, graph, base_ms, per_act_ms, scale, others)
 
 
 def calibration_shares(num_groups: int) -> list[float | torch.Tensor]:
@@ -303,6 +312,7 @@ def _assemble(
     base_ms: float,
     per_act_ms: float,
     scale: float,
+    others_cores: float | None = None,
 ) -> LatencyModel:
     names = tuple(specs)
     layers = [graph.layers[n] for n in names]
@@ -317,6 +327,7 @@ def _assemble(
         per_act_ms=per_act_ms,
         scale=scale,
         incidence=build_cost_model(graph),
+        others_cores=others_cores,
     )
 
 
@@ -334,4 +345,5 @@ def _from_cached(data: dict[str, Any], specs: dict[str, LayerSpec], graph: Chann
         float(data["base_ms"]),
         float(data["per_act_ms"]),
         float(data["scale"]),
+        data.get("others_cores"),
     )

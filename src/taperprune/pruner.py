@@ -32,7 +32,7 @@ from .budget import NS
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .errors import TaperpruneError
 from .graph import ChannelGraph, build_graph
-from .latency_gate import latency_settings, retry_goal, round_to_notes
+from .latency_gate import latency_settings, load_notes, retry_goal, round_to_notes
 from .latency_meter import Meter, RuntimeMeter
 from .masks import ChannelMasks
 from .resource import budget_cost
@@ -114,7 +114,7 @@ class TaperPruner:
         self.notes: list[str] = []
         if self.unit == NS:
             self.meter = latency_meter if latency_meter is not None else RuntimeMeter(settings)
-            self.notes += round_to_notes(settings, config.round_to)
+            self.notes += round_to_notes(settings, config.round_to) + load_notes(self.cost)
         self.full_macs = self.cost.full_macs
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
