@@ -54,7 +54,7 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "amp": (RUN, "Mixed precision on CUDA: bf16 | fp16 (default: off)."),
     "workers": (RUN, "Data-loading worker processes."),
     "train_limit": (RUN, "Use only N training examples."),
-    "test_limit": (RUN, "Use only N test examples."),
+    "test_limit": (RUN, "Use only N test examples, evenly spaced (the same for every seed)."),
     "image_size": (RUN, "imagefolder: crop size in pixels (default 224, or --input's)."),
     "skip_bad_images": (RUN, "imagefolder: train on without unreadable images."),
     "checkpoint_every": (RUN, "Optimizer steps between checkpoints (0: only at phase ends)."),
