@@ -35,12 +35,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_latency import others_now, versions, wait_others
+from benchmarks.bench_latency import versions, wait_others
 from taperprune.blocks import group_widths
 from taperprune.constraint import _rank_within
 from taperprune.graph import build_graph
 from taperprune.latency_meter import LatencySettings, RuntimeMeter
 from taperprune.latency_table import build_latency_model
+from taperprune.machine_load import BUSY_CORES, OthersMeter
 from taperprune.models import build_model
 from taperprune.surgery import remove_masked
 
@@ -142,9 +143,10 @@ def _timed(
     of its windows), re-timed (twice at most) when others ran."""
     meter = RuntimeMeter(settings)
     for _attempt in range(3):
+        load = OthersMeter()  # others' CPU use during the timing itself
         ms = meter.net_ms(small, shape)
-        busy = others_now(0.3)
-        if busy < 0.25:
+        busy = load.cores() or 0.0
+        if busy < BUSY_CORES:
             break
         wait_others(args.wait_quiet)
     return ms, busy
