@@ -32,7 +32,7 @@ from .budget import NS
 from .constraint import group_interactions, minimum_macs, solve_budget
 from .errors import TaperpruneError
 from .graph import ChannelGraph, build_graph
-from .latency_gate import latency_settings, load_notes, retry_goal, round_to_notes
+from .latency_gate import gate_snapshot, latency_settings, load_notes, round_to_notes
 from .latency_meter import Meter, RuntimeMeter
 from .masks import ChannelMasks
 from .resource import budget_cost
@@ -303,9 +303,15 @@ class TaperPruner:
             small = remove_masked(self.model, self.graph, keep)
         if self.meter is not None:
             assert small is not None
-            measured = int(round(1e6 * self.meter.net_ms(small, self.graph.input_shape)))
-            goal, note = retry_goal(
-                target, reached, measured, self.min_macs, self._retries, self._steps
+            measured, goal, note = gate_snapshot(
+                self.meter,
+                small,
+                self.graph.input_shape,
+                target,
+                reached,
+                self.min_macs,
+                self._retries,
+                self._steps,
             )
             if note:
                 self.notes.append(note)
@@ -407,12 +413,7 @@ class TaperPruner:
         for t, s in state["snapshots"].items():
             k = s["keep"].bool()
             # The weights at snapshot time are not in the state: they live in the run directory.
+            measured = int(s["measured"]) if "measured" in s else None
             self.snapshots[int(t)] = Snapshot(
-                int(t),
-                int(s["macs"]),
-                int(s["step"]),
-                k,
-                None,
-                self.widths(k),
-                int(s["measured"]) if "measured" in s else None,
+                int(t), int(s["macs"]), int(s["step"]), k, None, self.widths(k), measured
             )
