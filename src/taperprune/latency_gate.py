@@ -15,7 +15,9 @@ from collections.abc import Callable
 from torch import nn
 
 from .budget import NS, amount
+from .cost import CostModel
 from .latency_meter import LatencySettings, Meter
+from .latency_model import LatencyModel
 from .machine_load import busy_note
 from .settings import PrunerConfig
 
@@ -40,9 +42,10 @@ def round_to_notes(settings: LatencySettings, round_to: int) -> list[str]:
     return []
 
 
-def load_notes(cost: object) -> list[str]:
+def load_notes(cost: CostModel | LatencyModel) -> list[str]:
     """What to tell a user whose latency model was timed while other processes ran."""
-    note = busy_note(getattr(cost, "others_cores", None), "the latency model")
+    others = cost.others_cores if isinstance(cost, LatencyModel) else None
+    note = busy_note(others, "the latency model")
     return [note] if note else []
 
 
