@@ -80,18 +80,24 @@ def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Ce
     }
 
 
+def best_baseline(per: dict[str, dict[float, Cell]], budget: float) -> tuple[str, Cell] | None:
+    """The baseline with the highest mean at `budget`: what users would pick instead, not
+    one of taperprune's own variants."""
+    others = [
+        (m, c[budget]) for m, c in per.items() if not m.startswith("taperprune") and budget in c
+    ]
+    return max(others, key=lambda mc: mc[1].mean) if others else None
+
+
 def _verdict(per: dict[str, dict[float, Cell]], budget: float) -> str:
     """taperprune against the best baseline (non-taperprune method) at `budget`."""
     if "taperprune" not in per or budget not in per["taperprune"]:
         return ""
     ours = per["taperprune"][budget]
-    # Against what users would pick instead, not against taperprune's own ablations.
-    others = [
-        (m, c[budget]) for m, c in per.items() if not m.startswith("taperprune") and budget in c
-    ]
-    if not others:
+    found = best_baseline(per, budget)
+    if found is None:
         return ""
-    name, best = max(others, key=lambda mc: mc[1].mean)
+    name, best = found
     delta = ours.mean - best.mean
     noise = " (within noise)" if within_noise(ours, best) else ""
     return f"{delta:+.2f} vs {name}{noise}"
@@ -187,6 +193,45 @@ def latency_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
+    """Per net and budget of `view`: taperprune against the best baseline there, and a
+    tally of where it is ahead or behind outside noise (the README's table)."""
+    lines = [
+        "| net | budget | taperprune | best baseline | Δ | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    ahead = behind = total = unjudged = 0
+    for (v, net), per in cells(rows).items():
+        if v != view or "taperprune" not in per:
+            continue
+        for b in sorted(per["taperprune"], reverse=True):
+            found = best_baseline(per, b)
+            if found is None:
+                continue
+            ours, (name, best) = per["taperprune"][b], found
+            delta = ours.mean - best.mean
+            if min(ours.n, best.n) < 2:  # no estimate of the noise: not judged
+                unjudged += 1
+                mark = "one seed, not judged"
+            else:
+                level = within_noise(ours, best)
+                total += 1
+                ahead += not level and delta > 0
+                behind += not level and delta < 0
+                mark = "level (within noise)" if level else ("**ahead**" if delta > 0 else "behind")
+            lines.append(
+                f"| {net} | {100 * b:.4g} % | {ours.text()} | {name} {best.text()} | "
+                f"{delta:+.2f}, {mark} | {min(ours.n, best.n)} |"
+            )
+    lines += [
+        "",
+        f"Ahead outside noise at {ahead} of {total} (net, budget) points, behind outside "
+        f"noise at {behind}, level at {total - ahead - behind}"
+        + (f"; {unjudged} with one seed not judged." if unjudged else "."),
+    ]
+    return lines
+
+
 def markdown(rows: Sequence[Row]) -> str:
     parts = [
         "Top-1 accuracy (%) after fine-tuning, mean ± std over seeds. **Bold**: best mean; "
@@ -259,6 +304,7 @@ def write_summary(rows: Sequence[Row], out: Path) -> list[Path]:
     """table.md and pareto.png in `out`; returns the paths written."""
     if not rows:
         return []
-    table = out / "table.md"
+    table, head = out / "table.md", out / "headline.md"
     write_atomic(table, markdown(rows))
-    return [table, plot_bench_pareto(rows, out / "pareto.png")]
+    write_atomic(head, "\n".join(headline(rows)) + "\n")
+    return [table, head, plot_bench_pareto(rows, out / "pareto.png")]

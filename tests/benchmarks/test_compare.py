@@ -38,7 +38,7 @@ from benchmarks.compare.config import (
 )
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import parse_net
-from benchmarks.compare.table import Cell, markdown, within_noise
+from benchmarks.compare.table import Cell, headline, markdown, within_noise
 from benchmarks.compare.tp_driven import (
     accumulate_gradients,
     capped_step,
@@ -455,6 +455,28 @@ def test_markdown_marks_the_best_and_flags_a_missed_target():
     assert "| taperprune | **91.10 ± 0.10** |" in text
     assert "+2.00 vs tp_l1_global |" in text  # outside the noise: no "(within noise)"
     assert "| n | tp_l1_global | **no** |" in text
+
+
+def test_headline_names_the_best_baseline_and_tallies_the_verdicts():
+    def row(method: str, seed: int, budget: float, acc: float, net: str = "n") -> dict[str, Any]:
+        return {"view": "per-budget", "net": net, "method": method, "seed": seed,
+                "budget": budget, "acc": acc, "macs": 1, "full_macs": 10, "steps": 5}  # fmt: skip
+
+    rows = []
+    for s in range(3):
+        rows += [row("taperprune", s, 0.5, 91.0 + 0.1 * s), row("taperprune", s, 0.25, 88.0 + s)]
+        rows += [row("uniform_width", s, 0.5, 89.0 + 0.1 * s), row("uniform_width", s, 0.25, 88.5)]
+        rows += [row("tp_random", s, 0.5, 80.0), row("tp_random", s, 0.25, 80.0)]
+        rows += [row("taperprune_round8", s, 0.5, 99.0)]  # a variant of ours, not a baseline
+    rows += [row("taperprune", 0, 0.5, 90.0, "m"), row("uniform_width", 0, 0.5, 95.0, "m")]
+    text = "\n".join(headline(rows))
+    assert "| n | 50 % | 91.10 ± 0.10 | uniform_width 89.10 ± 0.10 | +2.00, **ahead** | 3 |" in text
+    assert "| n | 25 % | 89.00 ± 1.00 | uniform_width 88.50 ± 0.00 | +0.50, level" in text
+    assert "| m | 50 % | 90.00 | uniform_width 95.00 | -5.00, one seed, not judged | 1 |" in text
+    assert text.endswith(
+        "Ahead outside noise at 1 of 2 (net, budget) points, behind outside noise at 0, "
+        "level at 1; 1 with one seed not judged."
+    )
 
 
 def test_parse_net_and_config_errors():
