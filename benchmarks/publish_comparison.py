@@ -14,13 +14,16 @@ records, not by when they ran.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmarks.compare.results import read_rows, run_dir, write_rows
-from benchmarks.compare.table import write_summary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.compare.results import read_rows, run_dir, write_rows  # noqa: E402
+from benchmarks.compare.table import write_summary  # noqa: E402
 
 
 def run_price(bench: Path, row: dict[str, Any]) -> str | None:
