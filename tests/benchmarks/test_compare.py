@@ -38,7 +38,7 @@ from benchmarks.compare.config import (
 )
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import parse_net
-from benchmarks.compare.table import Cell, headline, markdown, within_noise
+from benchmarks.compare.table import Cell, headline, markdown, overhead_table, within_noise
 from benchmarks.compare.tp_driven import (
     accumulate_gradients,
     capped_step,
@@ -477,6 +477,25 @@ def test_headline_names_the_best_baseline_and_tallies_the_verdicts():
         "Ahead outside noise at 1 of 2 (net, budget) points, behind outside noise at 0, "
         "level at 1; 1 with one seed not judged."
     )
+
+
+def test_wall_time_takes_the_median_seed_of_each_run_so_a_paused_run_does_not_count():
+    def row(method: str, seed: int, budget: float, seconds: float, run: str) -> dict[str, Any]:
+        return {"view": "per-budget", "net": "n", "method": method, "seed": seed,
+                "budget": budget, "run_seconds": seconds, "run_id": run}  # fmt: skip
+
+    rows = []
+    for s, paused in ((0, 1.0), (1, 1.0), (2, 50.0)):  # seed 2's first run sat out a pause
+        rows += [
+            row("taperprune", s, b, 30.0, f"per-budget/n/taperprune/seed{s}") for b in (0.5, 0.25)
+        ]
+        rows += [
+            row("uniform_width", s, 0.5, 10.0 * paused, f"per-budget/n/uniform_width/seed{s}/b0.5"),
+            row("uniform_width", s, 0.25, 12.0, f"per-budget/n/uniform_width/seed{s}/b0.25"),
+        ]
+    lines = overhead_table(rows)
+    assert "| n | taperprune | 30 |" in lines  # one run for both budgets, counted once
+    assert "| n | uniform_width | 22 |" in lines  # 10 + 12: the paused seed is outvoted
 
 
 def test_parse_net_and_config_errors():
