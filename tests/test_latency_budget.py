@@ -187,7 +187,7 @@ def test_one_slow_timing_is_confirmed_before_pruning_on() -> None:
     calls: list[float] = []
 
     def first_slow(module: nn.Module, shape: tuple[int, ...]) -> float:
-        ms = exact(module, shape) * (1.2 if not calls else 0.9)  # a busy moment, then quiet
+        ms = exact(module, shape) * (1.2 if not calls else 0.8)  # a busy moment, then quiet
         calls.append(ms)
         return ms
 
@@ -198,6 +198,28 @@ def test_one_slow_timing_is_confirmed_before_pruning_on() -> None:
     assert snap.measured == pytest.approx(1e6 * sum(calls) / 2, abs=1)
     assert snap.measured <= pruner.budgets[0] * LATENCY_SLACK
     assert pruner.notes == [] and pruner.goals == [float(b) for b in pruner.budgets]
+
+
+def test_slow_twice_prunes_on_from_the_mean_of_the_two_timings() -> None:
+    pruner = _pruner(["0.5latency"])
+    meter = pruner.meter
+    assert isinstance(meter, FakeMeter)
+    exact = meter.net_ms
+    timings: list[tuple[float, float]] = []  # (modelled ms, measured ms) per timing
+
+    def slow(module: nn.Module, shape: tuple[int, ...]) -> float:
+        ms = exact(module, shape) * (1.3 if len(timings) % 2 == 0 else 1.1)
+        timings.append((exact(module, shape), ms))
+        return ms
+
+    meter.net_ms = slow  # type: ignore[method-assign]
+    _drive(pruner)
+    target = pruner.budgets[0]
+    assert len(timings) >= 2 and "pruning on" in pruner.notes[0]
+    (modelled, a), (_, b) = timings[0], timings[1]
+    mean_ns = round(1e6 * (a + b) / 2)  # judged on the mean: 1.2 × modelled
+    reached = 1e6 * modelled
+    assert pruner.goals[0] == pytest.approx(min(reached - 1, reached * target / mean_ns), abs=2)
 
 
 def test_judged_latency_times_again_only_above_the_slack() -> None:

@@ -83,11 +83,13 @@ def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Ce
 
 def best_baseline(per: dict[str, dict[float, Cell]], budget: float) -> tuple[str, Cell] | None:
     """The baseline with the highest mean at `budget`: what users would pick instead, not
-    one of taperprune's own variants."""
+    one of taperprune's own variants. Baselines with a noise estimate (≥ 2 seeds) come
+    first, so a partial one-seed row does not hide a judged comparison."""
     others = [
         (m, c[budget]) for m, c in per.items() if not m.startswith("taperprune") and budget in c
     ]
-    return max(others, key=lambda mc: mc[1].mean) if others else None
+    seeded = [mc for mc in others if mc[1].n >= 2]
+    return max(seeded or others, key=lambda mc: mc[1].mean) if others else None
 
 
 def _verdict(per: dict[str, dict[float, Cell]], budget: float) -> str:
@@ -208,12 +210,14 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     ahead = behind = total = unjudged = 0
+    alone: list[str] = []  # taperprune's budgets that no baseline has run yet
     for (v, net), per in cells(rows).items():
         if v != view or "taperprune" not in per:
             continue
         for b in sorted(per["taperprune"], reverse=True):
             found = best_baseline(per, b)
             if found is None:
+                alone.append(f"{net} {100 * b:.4g} %")
                 continue
             ours, (name, best) = per["taperprune"][b], found
             delta = ours.mean - best.mean
@@ -234,7 +238,9 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
         "",
         f"Ahead outside noise at {ahead} of {total} (net, budget) points, behind outside "
         f"noise at {behind}, level at {total - ahead - behind}"
-        + (f"; {unjudged} with one seed not judged." if unjudged else "."),
+        + (f"; {unjudged} with one seed not judged" if unjudged else "")
+        + (f"; no baseline yet at {', '.join(alone)}" if alone else "")
+        + ".",
     ]
     return lines
 
@@ -308,7 +314,7 @@ def plot_bench_pareto(rows: Sequence[Row], path: Path) -> Path:
 
 
 def write_summary(rows: Sequence[Row], out: Path) -> list[Path]:
-    """table.md and pareto.png in `out`; returns the paths written."""
+    """table.md, headline.md and pareto.png in `out`; returns the paths written."""
     if not rows:
         return []
     table, head = out / "table.md", out / "headline.md"

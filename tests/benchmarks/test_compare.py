@@ -469,13 +469,18 @@ def test_headline_names_the_best_baseline_and_tallies_the_verdicts():
         rows += [row("tp_random", s, 0.5, 80.0), row("tp_random", s, 0.25, 80.0)]
         rows += [row("taperprune_round8", s, 0.5, 99.0)]  # a variant of ours, not a baseline
     rows += [row("taperprune", 0, 0.5, 90.0, "m"), row("uniform_width", 0, 0.5, 95.0, "m")]
+    rows += [row("tp_l1_global", 0, 0.5, 99.0)]  # one seed: does not hide the 3-seed rows
+    for s in range(3):
+        rows += [row("taperprune", s, 0.125, 80.0 + 0.1 * s), row("uniform_width", s, 0.125, 85.0)]
+        rows += [row("taperprune", s, 0.0625, 70.0)]  # no baseline has run this budget
     text = "\n".join(headline(rows))
+    assert "| n | 12.5 % | 80.10 ± 0.10 | uniform_width 85.00 ± 0.00 | -4.90, behind | 3 |" in text
     assert "| n | 50 % | 91.10 ± 0.10 | uniform_width 89.10 ± 0.10 | +2.00, **ahead** | 3 |" in text
     assert "| n | 25 % | 89.00 ± 1.00 | uniform_width 88.50 ± 0.00 | +0.50, level" in text
     assert "| m | 50 % | 90.00 | uniform_width 95.00 | -5.00, one seed, not judged | 1 |" in text
     assert text.endswith(
-        "Ahead outside noise at 1 of 2 (net, budget) points, behind outside noise at 0, "
-        "level at 1; 1 with one seed not judged."
+        "Ahead outside noise at 1 of 3 (net, budget) points, behind outside noise at 1, "
+        "level at 1; 1 with one seed not judged; no baseline yet at n 6.25 %."
     )
 
 

@@ -24,5 +24,9 @@ def test_every_form_computes_the_same_function() -> None:
         for name, (module, cl) in built.items():
             got = module(x.contiguous(memory_format=torch.channels_last) if cl else x)
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=name)
+        for name, (module, cl) in built.items():  # the channels_last forms really are
+            convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+            conv = next(m for m in convs if m.in_channels > 1)  # 1 input channel: both layouts
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl, name
         folded, _ = built["bn_folded"]
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
