@@ -27,6 +27,7 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_floor90": {"width_floor": 0.9},
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
+    "taperprune_beta95": {"score_beta": 0.95},  # scores that follow a thinning layer faster
 }
 BASELINE_METHODS: tuple[str, ...] = (*BASELINES, KNAPSACK, UNIFORM)
 # A baseline with the same distillation as taperprune_distill (the same weight and
@@ -46,6 +47,7 @@ ON_DEMAND = (
     "taperprune_floor90",
     "taperprune_round8",
     "taperprune_distill",
+    "taperprune_beta95",
     *DISTILLED_BASELINES,
 )
 # What `--methods all` and the default run: every method but OFF_BY_DEFAULT and ON_DEMAND.
