@@ -568,6 +568,14 @@ def markdown(csv_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_pruning_args(ap: argparse.ArgumentParser) -> None:
+    """The options of `snapshots`: how the default pruner is driven on synthetic data."""
+    ap.add_argument("--warmup-steps", type=int, default=5, help="pruner warm-up steps")
+    ap.add_argument("--taper-steps", type=int, default=20, help="taper steps (schedule steps)")
+    ap.add_argument("--train-batch", type=int, default=2, help="synthetic batch per SGD step")
+    ap.add_argument("--lr", type=float, default=0.01)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="demo_cnn,resnet50,mobilenet_v2,vgg16")
@@ -581,10 +589,7 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup-steps", type=int, default=5, help="pruner warm-up steps")
-    ap.add_argument("--taper-steps", type=int, default=20, help="taper steps (schedule steps)")
-    ap.add_argument("--train-batch", type=int, default=2, help="synthetic batch per SGD step")
-    ap.add_argument("--lr", type=float, default=0.01)
+    add_pruning_args(ap)
     ap.add_argument(
         "--wait-quiet",
         type=float,

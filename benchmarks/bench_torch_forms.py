@@ -26,7 +26,7 @@ from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_latency import snapshots  # noqa: E402
+from benchmarks.bench_latency import add_pruning_args, snapshots  # noqa: E402
 from taperprune.machine_load import BUSY_CORES, OthersMeter  # noqa: E402
 from taperprune.models import build_model, default_input_shape  # noqa: E402
 
@@ -66,10 +66,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=0, help="timed runs (0: 5 at batch > 1, else 20)")
-    ap.add_argument("--warmup-steps", type=int, default=5, help="pruner warm-up steps")
-    ap.add_argument("--taper-steps", type=int, default=20, help="taper steps (schedule steps)")
-    ap.add_argument("--train-batch", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=0.01)
+    add_pruning_args(ap)
     args = ap.parse_args()
     runs = args.runs or (5 if args.batch > 1 else 20)
     torch.set_num_threads(1)
