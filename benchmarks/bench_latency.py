@@ -139,7 +139,7 @@ def wait_others(limit_s: float, below: float = 0.25) -> float:
 
 
 # ------------------------------------------------------------------------------ kernels
-def _median_s(call: Callable[[], object], warmup: int, runs: int) -> float:
+def median_s(call: Callable[[], object], warmup: int, runs: int) -> float:
     for _ in range(warmup):
         call()
     times = []
@@ -159,7 +159,7 @@ def torch_matmul_ms(threads: int, runs: int = 10) -> float:
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return _median_s(lambda: a @ b, 3, runs) * 1e3
+            return median_s(lambda: a @ b, 3, runs) * 1e3
     finally:
         torch.set_num_threads(before)
 
@@ -184,7 +184,7 @@ def onnx_matmul_ms(tmp: Path, threads: int, runs: int = 10) -> float:
     onnx.save(model, str(path))
     session = onnx_session(path, threads)
     a = rng.standard_normal((PEAK_N, PEAK_N)).astype(np.float32)
-    return _median_s(lambda: session.run(None, {"A": a}), 3, runs) * 1e3
+    return median_s(lambda: session.run(None, {"A": a}), 3, runs) * 1e3
 
 
 def kernel_row(

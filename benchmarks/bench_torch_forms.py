@@ -17,7 +17,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_latency import add_pruning_args, snapshots  # noqa: E402
+from benchmarks.bench_latency import add_pruning_args, median_s, snapshots  # noqa: E402
 from taperprune.machine_load import BUSY_CORES, OthersMeter  # noqa: E402
 from taperprune.models import build_model, default_input_shape  # noqa: E402
 
@@ -48,14 +47,9 @@ def forms(model: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
 
 
 def time_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
+    """Median ms of `model(x)` over `runs`, after one warm-up."""
     with torch.inference_mode():
-        model(x)  # warm-up
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        return 1000 * median_s(lambda: model(x), warmup=1, runs=runs)
 
 
 def main() -> None:
