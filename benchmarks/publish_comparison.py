@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.compare.results import read_rows, run_dir, write_rows  # noqa: E402
+from benchmarks.compare.results import complete_seeds, read_rows, run_dir, write_rows  # noqa: E402
 from benchmarks.compare.table import write_summary  # noqa: E402
 
 
@@ -53,10 +53,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("benches", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("docs/bench"))
+    ap.add_argument(
+        "--complete-seeds",
+        action="store_true",
+        help="publish only the seeds that have run every cell their net's lowest seed has "
+        "(for tables published while a bench is still running)",
+    )
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for bench in args.benches:
         rows += relabel(bench, read_rows(bench / "results.csv"))
+    if args.complete_seeds:
+        rows, notes = complete_seeds(rows)
+        for note in notes:
+            print(note)
     order = {"per-budget": 0, "curve": 1, "steps": 2}
 
     def rank(method: str) -> int:

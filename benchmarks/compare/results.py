@@ -137,3 +137,26 @@ def optimizer_steps(run_dir: Path, rows: Sequence[dict[str, Any]]) -> int:
     if summary.exists():
         return int(read_json(summary)["optimizer_steps"])
     return max(int(r["steps"]) for r in rows)
+
+
+def complete_seeds(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of the seeds that have run every cell (view, method, budget, step budget)
+    their net's lowest seed has, and a line for each seed left out: a half-run seed would
+    pull a method's mean toward whichever budgets happened to finish."""
+
+    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["view"], r["method"], r["budget"], r["step_budget"])
+
+    kept: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for net in dict.fromkeys(r["net"] for r in rows):
+        mine = [r for r in rows if r["net"] == net]
+        seeds = sorted({r["seed"] for r in mine})
+        want = {cell(r) for r in mine if r["seed"] == seeds[0]}
+        for seed in seeds:
+            have = {cell(r) for r in mine if r["seed"] == seed}
+            if want <= have:
+                kept += [r for r in mine if r["seed"] == seed]
+            else:
+                notes.append(f"{net}: seed {seed} left out ({len(want - have)} runs to go)")
+    return kept, notes
