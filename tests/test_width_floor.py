@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from _pruning_helpers import TemplateData, small_cost_cases
 from taperprune.blocks import group_widths
-from taperprune.constraint import _rank_within, solve_budget, uniform_floor
+from taperprune.constraint import _rank_within, solve_budget
 from taperprune.cost import macs_and_marginals
 from taperprune.models import demo_cnn
 from taperprune.pruner import PrunerConfig, TaperPruner
 from taperprune.schedule import ScheduleConfig
+from taperprune.settings import DEFAULT_WIDTH_FLOOR
+from taperprune.width_floor import UniformWidths, uniform_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,13 +45,46 @@ def test_the_solve_meets_the_budget_and_keeps_every_floor(case, frac, seed):
     budget = case.min_macs + frac * (case.cm.full_macs - case.min_macs)
     scores = torch.rand(case.graph.num_units, generator=torch.Generator().manual_seed(seed))
     keep = torch.ones(case.graph.num_units, dtype=torch.bool)
+    floor = uniform_floor(case.cm, case.unit_group, case.num_groups, budget, 0.75)
     sol = solve_budget(
-        case.cm, scores, keep, budget, case.unit_group, case.interactions, width_floor=0.75
+        case.cm, scores, keep, budget, case.unit_group, case.interactions, floors=floor
     )
     assert sol.feasible and sol.macs <= budget + 1e-6
-    floor = uniform_floor(case.cm, case.unit_group, case.num_groups, budget, 0.75)
     live = torch.bincount(case.unit_group[sol.keep], minlength=case.num_groups)
     assert bool((live >= floor).all()), (live.tolist(), floor.tolist())
+
+
+def bisected_widths(case, budget: float) -> torch.Tensor:
+    """Uniform width's allocation by plain bisection of the share (the first implementation)."""
+    units = torch.bincount(case.unit_group, minlength=case.num_groups).to(torch.float64)
+    rank = _rank_within(case.unit_group)
+
+    def kept(x: float) -> torch.Tensor:
+        return (x * units).round().clamp(min=1).long()
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        fits = macs_and_marginals(case.cm, rank < kept(mid)[case.unit_group])[0] <= budget
+        lo, hi = (mid, hi) if fits else (lo, mid)
+    return kept(lo)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CASES), st.lists(st.floats(0.0, 1.05), min_size=1, max_size=12))
+def test_the_galloping_search_finds_what_bisection_finds_in_any_order_of_budgets(case, fracs):
+    widths = UniformWidths(case.cm, case.unit_group, case.num_groups)  # one search, many asks
+    for frac in fracs:
+        budget = case.min_macs + frac * (case.cm.full_macs - case.min_macs)
+        assert widths.widths(budget).tolist() == bisected_widths(case, budget).tolist()
+
+
+def test_the_default_floor_is_used_with_round_to_1_only():
+    assert PrunerConfig().floor_share == DEFAULT_WIDTH_FLOOR
+    assert PrunerConfig(round_to=8).floor_share == 0.0
+    assert PrunerConfig(width_floor=0.5).floor_share == 0.5
+    assert PrunerConfig(width_floor=0.0).floor_share == 0.0
+    assert PrunerConfig(width_floor=0.0, round_to=8).floor_share == 0.0
 
 
 def test_a_floor_changes_which_channels_a_lopsided_score_removes():
@@ -60,7 +95,8 @@ def test_a_floor_changes_which_channels_a_lopsided_score_removes():
     budget = 0.3 * case.cm.full_macs
     args = (case.cm, scores, keep, budget, case.unit_group, case.interactions)
     bare = solve_budget(*args)
-    floored = solve_budget(*args, width_floor=0.75)
+    floor = uniform_floor(case.cm, case.unit_group, case.num_groups, budget, 0.75)
+    floored = solve_budget(*args, floors=floor)
     count = lambda s: torch.bincount(case.unit_group[s.keep], minlength=case.num_groups)  # noqa: E731
     assert int(count(bare)[1]) == 1  # without a floor the worthless layer falls to one unit
     assert int(count(floored)[1]) > 1

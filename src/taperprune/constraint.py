@@ -117,7 +117,7 @@ def solve_budget(
     marginals: tuple[float, torch.Tensor] | None = None,
     fixed_price: torch.Tensor | None = None,
     block_units: torch.Tensor | None = None,
-    width_floor: float = 0.0,
+    floors: torch.Tensor | None = None,
 ) -> Solution:
     """Remove units in order of s/d until R(keep) ≤ budget; see the module docstring.
 
@@ -128,8 +128,8 @@ def solve_budget(
     `fixed_price` orders by s / fixed_price**p (e.g. the marginal costs at full width)
     while the budget is still accounted in the current marginal MACs. `block_units` (G,)
     holds the units per block of every group (`blocks.block_units`); all ones (or None)
-    is the one-unit-at-a-time solve. `width_floor` > 0 keeps every group at least that
-    share of its uniform allocation for `budget` (`uniform_floor`; unit solve only).
+    is the one-unit-at-a-time solve. `floors` (G,) are the units each group keeps at least
+    (`width_floor.UniformWidths.floors`; unit solve only); one each when None.
     """
     price = _Price(uniform_price, price_power, fixed_price)
     if block_units is not None and bool((block_units != 1).any()):
@@ -138,9 +138,7 @@ def solve_budget(
         )
     keep = keep.clone().bool()
     num_groups = interactions.shape[0]
-    least = torch.ones(num_groups, dtype=torch.long)
-    if width_floor > 0:
-        least = uniform_floor(cm, unit_group, num_groups, budget, width_floor)
+    least = torch.ones(num_groups, dtype=torch.long) if floors is None else floors
     s = scores.to(torch.float64)
     total, d = marginals if marginals is not None else cm.total_and_marginals(keep)
     lam, removed = 0.0, 0
@@ -284,28 +282,6 @@ def _solve_blocks(
         removed += int(blocks.size[batch[:take]].sum())
         total, d = cm.total_and_marginals(keep)
     return Solution(keep, total, lam, removed, feasible=True, marginals=d)
-
-
-def uniform_floor(
-    cm: Resource, unit_group: torch.Tensor, num_groups: int, budget: float, share: float
-) -> torch.Tensor:
-    """(G,) the units each group keeps at least: `share` of what it keeps when every group
-    keeps the same share x of its units and x is the largest that fits `budget` (bisected).
-    With share < 1 the floors fit the budget, so they never make it unreachable."""
-    units = torch.bincount(unit_group, minlength=num_groups)
-    rank = _rank_within(unit_group)
-
-    def kept(x: float) -> torch.Tensor:
-        return (x * units).round().clamp(min=1)
-
-    lo, hi = 0.0, 1.0
-    for _ in range(24):
-        mid = (lo + hi) / 2
-        if cm.total_and_marginals(rank < kept(mid)[unit_group])[0] <= budget:
-            lo = mid
-        else:
-            hi = mid
-    return (share * kept(lo)).floor().long().clamp(min=1)
 
 
 def minimum_macs(

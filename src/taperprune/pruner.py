@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .scores import bn_gamma_of, corrected_scores, update_scores
 from .settings import PrunerConfig
 from .snapshot_map import Snapshot, SnapshotMap
 from .surgery import check_surgery, remove_masked
+from .width_floor import UniformWidths
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,7 @@ class TaperPruner:
         if shortcut:
             config = replace(config, schedule=replace(config.schedule, **shortcut))
         self.config = config
-        self.graph = (
-            graph if graph is not None else build_graph(model, example_input, exclude=exclude)
-        )
+        self.graph = graph or build_graph(model, example_input, exclude=exclude)
         # Budgets like '1.2Mparams' count parameters: then every "macs" of the pruner (full,
         # now, per snapshot, in the trace) counts parameters, the resource being budgeted.
         settings = latency_settings(config)
@@ -148,10 +148,11 @@ class TaperPruner:
         self._macs = float(self.full_macs)  # R(masks), updated by every solve
         self._live = self.graph.num_units
         self._d: torch.Tensor | None = None  # marginal costs for the current masks
-        self._static_price: torch.Tensor | None = None
-        if config.price == "static":
-            full = torch.ones(self.graph.num_units, dtype=torch.bool)
-            self._static_price = self.cost.total_and_marginals(full)[1]
+        full, static = torch.ones(self.graph.num_units, dtype=torch.bool), config.price == "static"
+        self._static_price = self.cost.total_and_marginals(full)[1] if static else None
+        share, ug = config.floor_share, self.graph.unit_group
+        widths = UniformWidths(self.cost, ug, n_groups)
+        self._floor = partial(widths.floors, share=share) if share else None  # the width floor
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -249,7 +250,7 @@ class TaperPruner:
             price_power=self.config.price_power,
             fixed_price=self._static_price,
             block_units=self.block_units,
-            width_floor=self.config.width_floor,
+            floors=None if self._floor is None else self._floor(budget),
             marginals=None if self._d is None else (self._macs, self._d),
         )
         self._d = sol.marginals
