@@ -9,6 +9,11 @@ says what ran: `taperprune` is always the current default; the old default's row
 `taperprune_marginal_price`, and the ablations that ran on top of it get
 ` (marginal price)` appended. Rows are told apart by the `price` each run's config.yaml
 records, not by when they ran.
+
+The same for the width floor: a `taperprune` row whose run kept another floor than today's
+default becomes `taperprune_nofloor` (no floor) or `taperprune (width_floor f)`, and a
+variant that only set today's default floor (`taperprune_floor`) becomes `taperprune`. A
+(view, net, method, seed, budget) that two benches both hold then is published once.
 """
 
 from __future__ import annotations
@@ -22,22 +27,56 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.compare.config import TAPERPRUNE  # noqa: E402
 from benchmarks.compare.results import complete_seeds, read_rows, run_dir, write_rows  # noqa: E402
 from benchmarks.compare.table import write_summary  # noqa: E402
+from taperprune.settings import DEFAULT_WIDTH_FLOOR  # noqa: E402
 
 
-def run_price(bench: Path, row: dict[str, Any]) -> str | None:
-    """The `price` of the taperprune run that made `row` (None for a baseline)."""
+def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The config.yaml of the taperprune run that made `row` (None for a baseline)."""
     if not row["method"].startswith("taperprune"):
         return None
-    config = run_dir(bench, row["run_id"]) / "config.yaml"
-    return str(yaml.safe_load(config.read_text())["price"])
+    return dict(yaml.safe_load((run_dir(bench, row["run_id"]) / "config.yaml").read_text()))
+
+
+def floor_of(config: dict[str, Any]) -> float:
+    """The width floor a run kept: unset means the default of its version (0 before the
+    setting existed, DEFAULT_WIDTH_FLOOR with round_to 1 since)."""
+    if "width_floor" not in config:
+        return 0.0
+    if config["width_floor"] is None:
+        return DEFAULT_WIDTH_FLOOR if config.get("round_to", 1) == 1 else 0.0
+    return float(config["width_floor"])
+
+
+def _floor_label(method: str, floor: float) -> str:
+    if method == "taperprune" and floor != DEFAULT_WIDTH_FLOOR:
+        return "taperprune_nofloor" if floor == 0 else f"taperprune (width_floor {floor:g})"
+    if TAPERPRUNE.get(method) == {"width_floor": floor} and floor == DEFAULT_WIDTH_FLOOR:
+        return "taperprune"
+    return method
+
+
+def once(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (view, net, method, seed, budget, step budget) once: the first bench's row."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in rows:
+        key = tuple(r[k] for k in ("view", "net", "method", "seed", "budget", "step_budget"))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        price = run_price(bench, r)
+        config = run_config(bench, r)
+        if config is not None:
+            r = r | {"method": _floor_label(r["method"], floor_of(config))}
+        price = None if config is None else str(config["price"])
         if price == "macs":
             if r["method"] in ("taperprune", "taperprune_static_price"):
                 r = r | {"method": "taperprune_marginal_price"}
@@ -63,6 +102,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for bench in args.benches:
         rows += relabel(bench, read_rows(bench / "results.csv"))
+    rows = once(rows)
     if args.complete_seeds:
         rows, notes = complete_seeds(rows)
         for note in notes:

@@ -1,0 +1,56 @@
+"""`benchmarks/publish_comparison.py`: rows labelled by what each run's config.yaml says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from benchmarks.compare.results import run_dir
+
+from benchmarks import publish_comparison as publish
+
+
+def _row(method: str, seed: int, acc: float) -> dict[str, Any]:
+    run_id = f"per-budget/n/{method}/seed{seed}"
+    return {"view": "per-budget", "net": "n", "method": method, "seed": seed, "budget": 0.5,
+            "step_budget": 0, "acc": acc, "run_id": run_id}  # fmt: skip
+
+
+def _bench(root: Path, runs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> Path:
+    for row, config in runs:
+        if config is not None:
+            d = run_dir(root, row["run_id"])
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "label"),
+    [
+        ("taperprune", {"price": "static", "width_floor": None, "round_to": 1}, "taperprune"),
+        ("taperprune", {"price": "static", "width_floor": 0.0}, "taperprune_nofloor"),
+        ("taperprune", {"price": "static"}, "taperprune_nofloor"),  # before the setting
+        ("taperprune", {"price": "static", "width_floor": 0.9}, "taperprune (width_floor 0.9)"),
+        ("taperprune_floor", {"price": "static", "width_floor": 0.75}, "taperprune"),
+        ("taperprune_floor90", {"price": "static", "width_floor": 0.9}, "taperprune_floor90"),
+        ("taperprune", {"price": "macs", "width_floor": 0.75}, "taperprune_marginal_price"),
+        ("uniform_width", None, "uniform_width"),
+    ],
+)
+def test_rows_are_labelled_by_the_floor_their_run_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method, config, label
+):
+    monkeypatch.setattr(publish, "DEFAULT_WIDTH_FLOOR", 0.75)
+    row = _row(method, 0, 90.0)
+    bench = _bench(tmp_path, [(row, config)])
+    assert [r["method"] for r in publish.relabel(bench, [row])] == [label]
+
+
+def test_a_cell_two_benches_hold_is_published_once(tmp_path: Path):
+    a = [_row("taperprune", 0, 90.0), _row("taperprune", 1, 91.0)]
+    b = [_row("taperprune", 1, 95.0), _row("taperprune", 2, 92.0)]
+    kept = publish.once(a + b)
+    assert [(r["seed"], r["acc"]) for r in kept] == [(0, 90.0), (1, 91.0), (2, 92.0)]
