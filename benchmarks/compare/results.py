@@ -140,23 +140,23 @@ def optimizer_steps(run_dir: Path, rows: Sequence[dict[str, Any]]) -> int:
 
 
 def complete_seeds(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The rows of the seeds that have run every cell (view, method, budget, step budget)
-    their net's lowest seed has, and a line for each seed left out: a half-run seed would
-    pull a method's mean toward whichever budgets happened to finish."""
-
-    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["view"], r["method"], r["budget"], r["step_budget"])
-
+    """Per net, view and method, the rows of the seeds that have run every budget the
+    method's lowest seed has, and a line for each seed left out: a half-run seed would pull
+    the method's mean toward whichever budgets happened to finish."""
+    by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["net"], r["view"], r["method"]), []).append(r)
     kept: list[dict[str, Any]] = []
     notes: list[str] = []
-    for net in dict.fromkeys(r["net"] for r in rows):
-        mine = [r for r in rows if r["net"] == net]
+    for (net, view, method), mine in by.items():
         seeds = sorted({r["seed"] for r in mine})
-        want = {cell(r) for r in mine if r["seed"] == seeds[0]}
+        cells: dict[int, set[tuple[Any, Any]]] = {s: set() for s in seeds}
+        for r in mine:
+            cells[r["seed"]].add((r["budget"], r["step_budget"]))
         for seed in seeds:
-            have = {cell(r) for r in mine if r["seed"] == seed}
-            if want <= have:
+            if cells[seeds[0]] <= cells[seed]:
                 kept += [r for r in mine if r["seed"] == seed]
             else:
-                notes.append(f"{net}: seed {seed} left out ({len(want - have)} runs to go)")
+                missing = len(cells[seeds[0]] - cells[seed])
+                notes.append(f"{net} {view} {method}: seed {seed} left out ({missing} to go)")
     return kept, notes

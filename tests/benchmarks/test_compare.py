@@ -503,19 +503,26 @@ def test_wall_time_takes_the_median_seed_of_each_run_so_a_paused_run_does_not_co
     assert "| n | uniform_width | 22 |" in lines  # 10 + 12: the paused seed is outvoted
 
 
-def test_complete_seeds_leaves_out_a_seed_that_has_not_run_every_cell_of_the_first():
+def test_complete_seeds_leaves_out_a_seed_that_has_not_run_every_budget_of_the_first():
     def row(net: str, method: str, seed: int, budget: float) -> dict[str, Any]:
         return {"view": "per-budget", "net": net, "method": method, "seed": seed,
                 "budget": budget, "step_budget": 0}  # fmt: skip
 
     methods, budgets = ("taperprune", "uniform_width"), (0.5, 0.25)
     rows = [row("a", m, s, b) for m in methods for s in (0, 1) for b in budgets]
-    rows += [row("a", "taperprune", 2, 0.5)]  # seed 2 of a: one cell of four
+    rows += [row("a", "taperprune", 2, 0.5)]  # seed 2 of a: one of taperprune's two budgets
+    rows += [row("a", "ablation", 0, 0.5)]  # run on seed 0 only: leaves the others alone
     rows += [row("b", "taperprune", s, 0.5) for s in (1, 2)]  # b's lowest seed is 1
     kept, notes = complete_seeds(rows)
-    assert {(r["net"], r["seed"]) for r in kept} == {("a", 0), ("a", 1), ("b", 1), ("b", 2)}
-    assert len(kept) == 10
-    assert notes == ["a: seed 2 left out (3 runs to go)"]
+    seen = {(r["net"], r["method"], r["seed"]) for r in kept}
+    assert seen == {
+        *(("a", m, s) for m in methods for s in (0, 1)),
+        ("a", "ablation", 0),
+        ("b", "taperprune", 1),
+        ("b", "taperprune", 2),
+    }
+    assert len(kept) == 11
+    assert notes == ["a per-budget taperprune: seed 2 left out (1 to go)"]
 
 
 def test_parse_net_and_config_errors():
