@@ -12,7 +12,7 @@ records, not by when they ran.
 
 The same for the width floor: a `taperprune` row whose run kept another floor than today's
 default becomes `taperprune_nofloor` (no floor) or `taperprune (width_floor f)`, and a
-variant that only set today's default floor (`taperprune_floor`) becomes `taperprune`. A
+variant that only set today's default floor becomes `taperprune`. A
 (view, net, method, seed, budget) that two benches both hold then is published once.
 """
 
@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.compare.config import TAPERPRUNE  # noqa: E402
 from benchmarks.compare.results import complete_seeds, read_rows, run_dir, write_rows  # noqa: E402
 from benchmarks.compare.table import write_summary  # noqa: E402
-from taperprune.settings import DEFAULT_WIDTH_FLOOR  # noqa: E402
+from taperprune.settings import PrunerConfig  # noqa: E402
+
+DEFAULT_WIDTH_FLOOR = PrunerConfig().width_floor
 
 
 def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -41,13 +43,8 @@ def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def floor_of(config: dict[str, Any]) -> float:
-    """The width floor a run kept: unset means the default of its version (0 before the
-    setting existed, DEFAULT_WIDTH_FLOOR with round_to 1 since)."""
-    if "width_floor" not in config:
-        return 0.0
-    if config["width_floor"] is None:
-        return DEFAULT_WIDTH_FLOOR if config.get("round_to", 1) == 1 else 0.0
-    return float(config["width_floor"])
+    """The width floor a run kept (0 before the setting existed)."""
+    return float(config.get("width_floor", 0.0))
 
 
 def _floor_label(method: str, floor: float) -> str:

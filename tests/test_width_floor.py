@@ -15,7 +15,6 @@ from taperprune.cost import macs_and_marginals
 from taperprune.models import demo_cnn
 from taperprune.pruner import PrunerConfig, TaperPruner
 from taperprune.schedule import ScheduleConfig
-from taperprune.settings import DEFAULT_WIDTH_FLOOR
 from taperprune.width_floor import UniformWidths, uniform_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,14 +76,6 @@ def test_the_galloping_search_finds_what_bisection_finds_in_any_order_of_budgets
     for frac in fracs:
         budget = case.min_macs + frac * (case.cm.full_macs - case.min_macs)
         assert widths.widths(budget).tolist() == bisected_widths(case, budget).tolist()
-
-
-def test_the_default_floor_is_used_with_round_to_1_only():
-    assert PrunerConfig().floor_share == DEFAULT_WIDTH_FLOOR
-    assert PrunerConfig(round_to=8).floor_share == 0.0
-    assert PrunerConfig(width_floor=0.5).floor_share == 0.5
-    assert PrunerConfig(width_floor=0.0).floor_share == 0.0
-    assert PrunerConfig(width_floor=0.0, round_to=8).floor_share == 0.0
 
 
 def test_a_floor_changes_which_channels_a_lopsided_score_removes():

@@ -34,8 +34,6 @@ class PriceKind(str, Enum):
 
 
 PRICES = tuple(p.value for p in PriceKind)
-# The width floor when none is set (with round_to 1; docs/BENCHMARKS.md says why).
-DEFAULT_WIDTH_FLOOR = 0.0
 LATENCY_RUNTIMES = ("onnxruntime", "torch")  # = latency.RUNTIMES (this module is torch-free)
 
 
@@ -53,8 +51,7 @@ class PrunerConfig:
     round_to: int = 1  # every group keeps a multiple of this many channels, or its full width
     # > 0: every group keeps at least this share of the channels uniform width would leave
     # it at the current budget (a floor against lopsided widths; with round_to 1 only).
-    # None: DEFAULT_WIDTH_FLOOR with round_to 1, none with blocks (`floor_share`).
-    width_floor: float | None = None
+    width_floor: float = 0.0
     # Latency budgets ('3.5ms'): where the latency model and each snapshot are measured.
     latency_runtime: str = "onnxruntime"  # "onnxruntime" | "torch"
     latency_batch: int = 1
@@ -78,7 +75,7 @@ class PrunerConfig:
             raise ValueError(f"max_bad_steps must be ≥ 1, got {self.max_bad_steps}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
             raise ValueError(f"round_to must be a whole number of channels, got {self.round_to!r}")
-        if self.width_floor is not None and not 0 <= self.width_floor < 1:
+        if not 0 <= self.width_floor < 1:
             raise ValueError(f"width_floor must be in [0, 1), got {self.width_floor}")
         if self.width_floor and self.round_to != 1:
             raise ValueError("width_floor works with round_to 1 only; set one of them")
@@ -97,13 +94,6 @@ class PrunerConfig:
                 f"round_to must be ≥ 1 (every group keeps a multiple of round_to channels), "
                 f"got {self.round_to}"
             )
-
-    @property
-    def floor_share(self) -> float:
-        """The width floor in use: `width_floor`, or the default for this `round_to`."""
-        if self.width_floor is not None:
-            return self.width_floor
-        return DEFAULT_WIDTH_FLOOR if self.round_to == 1 else 0.0
 
 
 def method_keys() -> dict[str, tuple[str, ...]]:

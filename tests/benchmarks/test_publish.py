@@ -30,7 +30,7 @@ def _bench(root: Path, runs: list[tuple[dict[str, Any], dict[str, Any] | None]])
 @pytest.mark.parametrize(
     ("method", "config", "label"),
     [
-        ("taperprune", {"price": "static", "width_floor": None, "round_to": 1}, "taperprune"),
+        ("taperprune", {"price": "static", "width_floor": 0.75}, "taperprune"),
         ("taperprune", {"price": "static", "width_floor": 0.0}, "taperprune_nofloor"),
         ("taperprune", {"price": "static"}, "taperprune_nofloor"),  # before the setting
         ("taperprune", {"price": "static", "width_floor": 0.9}, "taperprune (width_floor 0.9)"),
