@@ -150,9 +150,9 @@ class TaperPruner:
         self._d: torch.Tensor | None = None  # marginal costs for the current masks
         full, static = torch.ones(self.graph.num_units, dtype=torch.bool), config.price == "static"
         self._static_price = self.cost.total_and_marginals(full)[1] if static else None
-        widths = UniformWidths(self.cost, self.graph.unit_group, n_groups)
         share = config.width_floor  # the width floor (off by default: docs/METHOD.md)
-        self._floor = partial(widths.floors, share=share) if share else None
+        widths = UniformWidths(self.cost, self.graph.unit_group, n_groups) if share else None
+        self._floor = partial(widths.floors, share=share) if widths else None
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
