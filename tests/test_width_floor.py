@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 
 from _pruning_helpers import TemplateData, small_cost_cases
 from taperprune.blocks import group_widths
-from taperprune.constraint import _rank_within, solve_budget
+from taperprune.constraint import _rank_within, minimum_macs, solve_budget
 from taperprune.cost import macs_and_marginals
+from taperprune.errors import BudgetError
 from taperprune.models import demo_cnn
 from taperprune.pruner import PrunerConfig, TaperPruner
+from taperprune.resource import check_budgets
 from taperprune.schedule import ScheduleConfig
-from taperprune.width_floor import UniformWidths, uniform_floor
+from taperprune.width_floor import UniformWidths, ratio_floors, uniform_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,5 +133,70 @@ def test_a_pruner_with_a_floor_keeps_it_at_every_step():
     ],
 )
 def test_bad_floors_are_refused(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        PrunerConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- max_pruning_ratio
+
+
+def test_the_cap_keeps_the_ceiling_of_the_unpruned_share_and_at_least_one_unit():
+    unit_group = torch.repeat_interleave(torch.arange(4), torch.tensor([16, 64, 10, 32]))
+    assert ratio_floors(unit_group, 4, 0.9).tolist() == [2, 7, 1, 4]
+    assert ratio_floors(unit_group, 4, 0.5).tolist() == [8, 32, 5, 16]
+    assert ratio_floors(unit_group, 4, 1.0).tolist() == [1, 1, 1, 1]
+
+
+def test_a_capped_pruner_keeps_every_group_at_its_floor_and_meets_every_budget():
+    torch.manual_seed(0)
+    model = demo_cnn(num_classes=10, width=8)
+    example = torch.zeros(1, 1, 12, 12)
+    config = PrunerConfig(
+        schedule=ScheduleConfig(kind="exponential", steps=12),
+        warmup_steps=3,
+        max_pruning_ratio=0.75,
+    )
+    pruner = TaperPruner(model, example, [0.5, 0.1], config=config)
+    floor = ratio_floors(pruner.graph.unit_group, len(pruner.graph.groups), 0.75)
+    assert pruner.min_macs == minimum_macs(
+        pruner.cost, pruner.graph.unit_group, len(pruner.graph.groups), None, floor
+    )
+    data = TemplateData((1, 12, 12), seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        x, y = data.batch(16)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        record = pruner.step(loss)
+        if record.phase == "taper":
+            assert record.macs <= record.budget
+            assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
+        if pruner.done:
+            break
+    assert pruner.done and list(pruner.snapshots) == pruner.budgets
+
+
+def test_a_budget_below_what_the_cap_allows_is_refused_before_training():
+    model = demo_cnn(num_classes=10, width=8)
+    example = torch.zeros(1, 1, 12, 12)
+    with pytest.raises(BudgetError, match=r"max_pruning_ratio=0\.5 .*higher max_pruning_ratio"):
+        TaperPruner(model, example, [0.1], config=PrunerConfig(max_pruning_ratio=0.5))
+    with pytest.raises(BudgetError, match=r"max_pruning_ratio=0\.5"):
+        check_budgets(model, example, [0.1], max_pruning_ratio=0.5)
+    assert check_budgets(model, example, [0.3], max_pruning_ratio=0.5)  # about ¼ is the least
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"max_pruning_ratio": 0.0}, "max_pruning_ratio must be in"),
+        ({"max_pruning_ratio": 1.5}, "max_pruning_ratio must be in"),
+        ({"max_pruning_ratio": 0.9, "round_to": 8}, "round_to 1 and no width_floor"),
+        ({"max_pruning_ratio": 0.9, "width_floor": 0.5}, "round_to 1 and no width_floor"),
+    ],
+)
+def test_bad_caps_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         PrunerConfig(**kwargs)

@@ -25,6 +25,7 @@ TAPERPRUNE: dict[str, dict[str, Any]] = {
     "taperprune_cubic": {"schedule": "cubic"},  # AGP's cubic schedule, same steps
     "taperprune_floor": {"width_floor": 0.75},  # ≥ ¾ of the uniform-width allocation
     "taperprune_floor90": {"width_floor": 0.9},
+    "taperprune_cap90": {"max_pruning_ratio": 0.9},  # the baselines' cap, on taperprune
     "taperprune_round8": {"round_to": 8},
     "taperprune_distill": {"distill": 0.5},  # distils from the unpruned model
     "taperprune_beta95": {"score_beta": 0.95},  # scores that follow a thinning layer faster
@@ -45,6 +46,7 @@ ON_DEMAND = (
     "taperprune_cubic",
     "taperprune_floor",
     "taperprune_floor90",
+    "taperprune_cap90",
     "taperprune_round8",
     "taperprune_distill",
     "taperprune_beta95",

@@ -63,19 +63,30 @@ def rounded_budgets(
     minimum: float,
     round_to: int,
     unit: str = "MACs",
+    max_ratio: float = 1.0,
 ) -> list[int]:
-    """`parse_budgets`, saying that `round_to` sets the minimum where it does."""
-    if round_to == 1:
+    """`parse_budgets`, saying that `round_to` or `max_ratio` sets the minimum where one does."""
+    if round_to == 1 and max_ratio == 1:
         return parse_budgets(values, full_macs, minimum, unit)
     items = [v for v in values.split(",") if v.strip()] if isinstance(values, str) else values
     out = parse_budgets(items, full_macs, 0.0, unit)
     if out[-1] < minimum:
         last = str(items[-1]).strip()
+        if round_to == 1:
+            why = (
+                f"max_pruning_ratio={max_ratio:g} (every prunable group keeps "
+                f"≥ {1 - max_ratio:.0%} of its channels)",
+                "a higher max_pruning_ratio",
+            )
+        else:
+            why = (
+                f"round_to={round_to} (one block of {round_to} channels left in every "
+                "prunable group)",
+                "a smaller round_to",
+            )
         raise BudgetError(
             f"budget {last} ({amount(out[-1], unit)}) is below the least this model can reach "
-            f"with round_to={round_to} (one block of {round_to} channels left in every prunable "
-            f"group): {amount(minimum, unit)} ({minimum / full_macs:.2%} of "
-            f"{amount(full_macs, unit)}); "
-            "choose a budget ≥ that or a smaller round_to"
+            f"with {why[0]}: {amount(minimum, unit)} ({minimum / full_macs:.2%} of "
+            f"{amount(full_macs, unit)}); choose a budget ≥ that or {why[1]}"
         )
     return out

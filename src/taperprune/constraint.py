@@ -289,12 +289,16 @@ def minimum_macs(
     unit_group: torch.Tensor,
     num_groups: int,
     block_units: torch.Tensor | None = None,
+    floors: torch.Tensor | None = None,
 ) -> float:
-    """R with one unit (one block of `block_units`) left in every group: the least reachable.
+    """R with one unit (one block of `block_units`, or `floors` units) left in every group:
+    the least reachable.
 
     A group no wider than its block keeps all its units.
     """
     blocks = torch.ones(num_groups, dtype=torch.long) if block_units is None else block_units
+    if floors is not None:
+        blocks = torch.maximum(blocks, floors)
     keep = _rank_within(unit_group) < blocks[unit_group]
     total, _ = cm.total_and_marginals(keep)
     return total

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from .scores import bn_gamma_of, corrected_scores, update_scores
 from .settings import PrunerConfig
 from .snapshot_map import Snapshot, SnapshotMap
 from .surgery import check_surgery, remove_masked
-from .width_floor import UniformWidths
+from .width_floor import GroupFloors
 
 
 @dataclass(frozen=True)
@@ -119,10 +118,12 @@ class TaperPruner:
         n_groups = len(self.graph.groups)
         # Groups no wider than one block of `round_to` channels keep their full width;
         # `round_to` is an error only where no group is wider (see blocks.py).
-        self.block_units = block_units(self.graph, config.round_to)
-        self.min_macs = minimum_macs(self.cost, self.graph.unit_group, n_groups, self.block_units)
+        self.block_units = b = block_units(self.graph, config.round_to)
+        cap, ug = config.max_pruning_ratio, self.graph.unit_group
+        self.floors = GroupFloors(self.cost, ug, n_groups, config.width_floor, cap)
+        self.min_macs = minimum_macs(self.cost, ug, n_groups, b, self.floors.least)
         self.budgets = rounded_budgets(
-            budgets, self.full_macs, self.min_macs, config.round_to, self.unit
+            budgets, self.full_macs, self.min_macs, config.round_to, self.unit, cap
         )
         # What the solve aims at for each budget: the budget itself, lower where a latency
         # snapshot measured above budget × LATENCY_SLACK (then `notes` says so).
@@ -150,9 +151,6 @@ class TaperPruner:
         self._d: torch.Tensor | None = None  # marginal costs for the current masks
         full, static = torch.ones(self.graph.num_units, dtype=torch.bool), config.price == "static"
         self._static_price = self.cost.total_and_marginals(full)[1] if static else None
-        share = config.width_floor  # the width floor (off by default: docs/METHOD.md)
-        widths = UniformWidths(self.cost, self.graph.unit_group, n_groups) if share else None
-        self._floor = partial(widths.floors, share=share) if widths else None
         self.taper = sched.start(self.config.schedule, self.full_macs, self.budgets[-1])
 
     # ---------------------------------------------------------------- queries
@@ -250,7 +248,7 @@ class TaperPruner:
             price_power=self.config.price_power,
             fixed_price=self._static_price,
             block_units=self.block_units,
-            floors=None if self._floor is None else self._floor(budget),
+            floors=self.floors.at(budget),
             marginals=None if self._d is None else (self._macs, self._d),
         )
         self._d = sol.marginals

@@ -18,6 +18,7 @@ from .latency_model import LatencyModel
 from .latency_table import build_latency_model
 from .param_cost import build_param_model
 from .surgery import check_surgery
+from .width_floor import ratio_floors
 
 Resource = CostModel | LatencyModel
 
@@ -52,6 +53,7 @@ def check_budgets(
     exclude: Sequence[str] = (),
     graph: ChannelGraph | None = None,
     round_to: int = 1,
+    max_pruning_ratio: float = 1.0,
     latency: LatencySettings | None = None,
     meter: Meter | None = None,
 ) -> list[int]:
@@ -67,8 +69,9 @@ def check_budgets(
         graph, model, budgets, example_input=example_input, latency=latency, meter=meter
     )
     check_surgery(model, graph)
-    least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks)
-    return rounded_budgets(budgets, cost.full_macs, least, round_to, unit)
+    floors = ratio_floors(graph.unit_group, len(graph.groups), max_pruning_ratio)
+    least = minimum_macs(cost, graph.unit_group, len(graph.groups), blocks, floors)
+    return rounded_budgets(budgets, cost.full_macs, least, round_to, unit, max_pruning_ratio)
 
 
 __all__ = ["Resource", "budget_cost", "check_budgets"]

@@ -52,6 +52,9 @@ class PrunerConfig:
     # > 0: every group keeps at least this share of the channels uniform width would leave
     # it at the current budget (a floor against lopsided widths; with round_to 1 only).
     width_floor: float = 0.0
+    # < 1: no group loses more than this share of its channels (Torch-Pruning's
+    # max_pruning_ratio; with round_to 1 only); 1: a group may fall to one channel.
+    max_pruning_ratio: float = 1.0
     # Latency budgets ('3.5ms'): where the latency model and each snapshot are measured.
     latency_runtime: str = "onnxruntime"  # "onnxruntime" | "torch"
     latency_batch: int = 1
@@ -79,6 +82,12 @@ class PrunerConfig:
             raise ValueError(f"width_floor must be in [0, 1), got {self.width_floor}")
         if self.width_floor and self.round_to != 1:
             raise ValueError("width_floor works with round_to 1 only; set one of them")
+        if not 0 < self.max_pruning_ratio <= 1:
+            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {self.max_pruning_ratio}")
+        if self.max_pruning_ratio < 1 and (self.round_to != 1 or self.width_floor):
+            raise ValueError(
+                "max_pruning_ratio < 1 works with round_to 1 and no width_floor; set one of them"
+            )
         if self.latency_runtime not in LATENCY_RUNTIMES:
             raise ValueError(
                 f"latency_runtime must be one of {', '.join(LATENCY_RUNTIMES)}, got "

@@ -1,4 +1,5 @@
-"""The width floor: every group keeps a share of what uniform width would leave it at a budget.
+"""Floors per group: the width floor (a share of what uniform width would leave a group at a
+budget) and the cap of `max_pruning_ratio` (a share of the group's own width).
 
 Uniform width keeps the same share x of every group's units, round(x · units) (at least
 one); the largest x that fits a budget B decides each group's allocation, and the floor is
@@ -83,3 +84,27 @@ def uniform_floor(
     """(G,) `share` of uniform width's allocation at `budget`, for one budget (no search
     state kept: a taper holds a `UniformWidths` instead)."""
     return UniformWidths(cm, unit_group, num_groups).floors(budget, share)
+
+
+def ratio_floors(unit_group: torch.Tensor, num_groups: int, max_ratio: float) -> torch.Tensor:
+    """(G,) the units each group keeps when it may lose at most `max_ratio` of them (≥ 1)."""
+    units = torch.bincount(unit_group, minlength=num_groups).to(torch.float64)
+    return torch.ceil((1 - max_ratio) * units - 1e-9).long().clamp(min=1)
+
+
+class GroupFloors:
+    """What every group keeps at least at a budget: the cap's floors (fixed: `least`) or
+    the width floor's (they follow the budget); one unit each when neither is set."""
+
+    def __init__(
+        self, cm: Resource, unit_group: torch.Tensor, num_groups: int, share: float, cap: float
+    ) -> None:
+        self.least = ratio_floors(unit_group, num_groups, cap) if cap < 1 else None
+        self._widths = UniformWidths(cm, unit_group, num_groups) if share else None
+        self._share = share
+
+    def at(self, budget: float) -> torch.Tensor | None:
+        """(G,) the floors for `budget`, or None for one unit each."""
+        if self._widths is None:
+            return self.least
+        return self._widths.floors(budget, self._share)

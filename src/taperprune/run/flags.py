@@ -99,6 +99,10 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
         METHOD,
         "Each group keeps ≥ this share of its uniform-width allocation (0: off; round_to 1).",
     ),
+    "max_pruning_ratio": (
+        METHOD,
+        "No group loses more than this share of its channels (1: down to one; round_to 1).",
+    ),
     "round_to": (
         METHOD,
         "Keep every prunable group's width a multiple of N channels (or full), for "

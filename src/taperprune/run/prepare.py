@@ -99,6 +99,7 @@ def prepare(cfg: RunConfig, procs: ddp.Procs) -> Prepared:
         exclude=cfg.exclude,
         graph=graph,
         round_to=cfg.method.round_to,
+        max_pruning_ratio=cfg.method.max_pruning_ratio,
         latency=latency_settings(cfg.method),
     )
     return Prepared(device, data, stream, model, example, kwargs, graph, budgets)
