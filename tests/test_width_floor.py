@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from taperprune.constraint import _rank_within, minimum_macs, solve_budget
 from taperprune.cost import macs_and_marginals
 from taperprune.errors import BudgetError
 from taperprune.models import demo_cnn
-from taperprune.pruner import PrunerConfig, TaperPruner
+from taperprune.pruner import PrunerConfig, StepRecord, TaperPruner
 from taperprune.resource import check_budgets
 from taperprune.schedule import ScheduleConfig
 from taperprune.width_floor import UniformWidths, ratio_floors, uniform_floor
@@ -96,17 +98,11 @@ def test_a_floor_changes_which_channels_a_lopsided_score_removes():
     assert floored.macs <= budget
 
 
-def test_a_pruner_with_a_floor_keeps_it_at_every_step():
-    torch.manual_seed(0)
-    model = demo_cnn(num_classes=10, width=6)
-    example = torch.zeros(1, 1, 12, 12)
-    config = PrunerConfig(
-        schedule=ScheduleConfig(kind="exponential", steps=12), warmup_steps=3, width_floor=0.75
-    )
-    pruner = TaperPruner(model, example, [0.5, 0.2], config=config)
+def taper_steps(pruner: TaperPruner, model: torch.nn.Module) -> Iterator[StepRecord]:
+    """Train on template data until the pruner is done; yield each taper step's record
+    after checking it met its budget; then check every snapshot was taken."""
     data = TemplateData((1, 12, 12), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    n_groups = len(pruner.graph.groups)
     for _ in range(30):
         x, y = data.batch(16)
         loss = F.cross_entropy(model(x), y)
@@ -116,13 +112,24 @@ def test_a_pruner_with_a_floor_keeps_it_at_every_step():
         record = pruner.step(loss)
         if record.phase == "taper":
             assert record.macs <= record.budget
-            floor = uniform_floor(
-                pruner.cost, pruner.graph.unit_group, n_groups, record.budget, 0.75
-            )
-            assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
+            yield record
         if pruner.done:
             break
     assert pruner.done and list(pruner.snapshots) == pruner.budgets
+
+
+def test_a_pruner_with_a_floor_keeps_it_at_every_step():
+    torch.manual_seed(0)
+    model = demo_cnn(num_classes=10, width=6)
+    example = torch.zeros(1, 1, 12, 12)
+    config = PrunerConfig(
+        schedule=ScheduleConfig(kind="exponential", steps=12), warmup_steps=3, width_floor=0.75
+    )
+    pruner = TaperPruner(model, example, [0.5, 0.2], config=config)
+    n_groups = len(pruner.graph.groups)
+    for record in taper_steps(pruner, model):
+        floor = uniform_floor(pruner.cost, pruner.graph.unit_group, n_groups, record.budget, 0.75)
+        assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
 
 
 @pytest.mark.parametrize(
@@ -161,21 +168,8 @@ def test_a_capped_pruner_keeps_every_group_at_its_floor_and_meets_every_budget()
     assert pruner.min_macs == minimum_macs(
         pruner.cost, pruner.graph.unit_group, len(pruner.graph.groups), None, floor
     )
-    data = TemplateData((1, 12, 12), seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(30):
-        x, y = data.batch(16)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        record = pruner.step(loss)
-        if record.phase == "taper":
-            assert record.macs <= record.budget
-            assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
-        if pruner.done:
-            break
-    assert pruner.done and list(pruner.snapshots) == pruner.budgets
+    for _ in taper_steps(pruner, model):
+        assert bool((group_widths(pruner.graph, pruner.keep) >= floor).all())
 
 
 def test_a_budget_below_what_the_cap_allows_is_refused_before_training():
