@@ -92,8 +92,8 @@ def main() -> None:
     ap.add_argument(
         "--complete-seeds",
         action="store_true",
-        help="publish only the seeds that have run every cell their net's lowest seed has "
-        "(for tables published while a bench is still running)",
+        help="publish each method only on the seeds that have run every budget its lowest "
+        "seed has (for tables published while a bench is still running)",
     )
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
