@@ -26,6 +26,7 @@ from taperprune.masks import ChannelMasks
 from taperprune.models import build_model
 from taperprune.run.config import RunConfig
 from taperprune.surgery import remove_masked
+from taperprune.width_floor import ratio_floors
 from test_equivalence import random_keep, randomise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,6 +181,49 @@ def test_check_infeasible_budget_exits_2_with_one_line() -> None:
     errors = [line for line in res.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "least this model can reach" in errors[0]
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def _least_with(model: torch.nn.Module, example: torch.Tensor, floors: torch.Tensor) -> int:
+    """MACs with the model pruned to `floors` units in every group, counted independently."""
+    graph = build_graph(model, example)
+    keep = torch.zeros(graph.num_units, dtype=torch.bool)
+    for g in range(len(graph.groups)):
+        units = (graph.unit_group == g).nonzero().flatten()
+        keep[units[: int(floors[g])]] = True
+    return count_macs(remove_masked(model, graph, keep), example)
+
+
+def test_check_max_pruning_ratio_sets_the_least_and_is_passed_on() -> None:
+    model, x = build_model("demo_cnn", num_classes=10), torch.zeros(1, 1, 28, 28)
+    graph = build_graph(model, x)
+    floors = ratio_floors(graph.unit_group, len(graph.groups), 0.9)
+    least = _least_with(model, x, floors)
+    code, out, exc = _invoke(
+        "check", "demo_cnn", "--budgets", "0.5,0.05", "--max-pruning-ratio", "0.9"
+    )
+    text = " ".join(out.split())
+    assert code == 0 and exc is None, out
+    assert f"least reachable: {least:,} MACs" in text and "(--max-pruning-ratio)" in text
+    assert "--budgets 0.5,0.05 --max-pruning-ratio 0.9` passes" in text
+    code, out, _ = _invoke(
+        "check", "demo_cnn", "--budgets", "0.5,0.01", "--max-pruning-ratio", "0.9"
+    )
+    assert code != 0 and "infeasible: below the least reachable" in out
+    code, _, _ = _invoke("check", "demo_cnn", "--budgets", "0.5,0.01")  # no cap: reachable
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--max-pruning-ratio", "0"], "max_pruning_ratio must be in (0, 1]"),
+        (["--max-pruning-ratio", "0.9", "--round-to", "8"], "works with round_to 1"),
+    ],
+)
+def test_check_refuses_a_bad_cap_before_building_the_model(flags: list[str], why: str) -> None:
+    code, out, exc = _invoke("check", "no_such_model", *flags)
+    assert code != 0 and isinstance(exc, TaperpruneError)
+    assert why in str(exc) and "no_such_model" not in str(exc)
 
 
 def test_macs_builds_models_with_prunes_classes(attn_net: str) -> None:

@@ -157,15 +157,23 @@ def _groups_lines(report: CheckReport) -> list[str]:
     return lines
 
 
-def _print_check(report: CheckReport, round_to: int = 1) -> None:
+def _least_left(report: CheckReport) -> str:
+    """What every group keeps at the least reachable budget, in words."""
+    if report.max_pruning_ratio < 1:
+        cap = 1 - report.max_pruning_ratio
+        return f"≥ {cap:.0%} of every group's units left (--max-pruning-ratio)"
+    one = "one unit" if report.round_to == 1 else f"one block of {report.round_to} channels"
+    return one + " left per group"
+
+
+def _print_check(report: CheckReport) -> None:
     for line in _groups_lines(report):
         console.print(escape(line))
     share = report.minimum / report.full if report.full else 0.0
     console.print("surgery: removing channels computes the masked model (trial on every group)")
     console.print(
         f"least reachable: {amount(report.minimum, report.unit)} ({share:.2%}), "
-        + ("one unit" if round_to == 1 else f"one block of {round_to} channels")
-        + " left per group"
+        + _least_left(report)
     )
     console.print("budgets:")
     table = Table.grid(padding=(0, 2))
@@ -195,6 +203,9 @@ def check(
     round_to: Annotated[
         int, typer.Option(help="Every group keeps a multiple of N channels (prune's --round-to).")
     ] = 1,
+    max_pruning_ratio: Annotated[
+        float, typer.Option(help="Every group loses at most this share (prune's flag; 1: no cap).")
+    ] = 1.0,
     latency_runtime: Annotated[
         str, typer.Option(help="Latency budgets: onnxruntime | torch (prune's flag).")
     ] = "onnxruntime",
@@ -214,7 +225,12 @@ def check(
     from .errors import GraphError
     from .inspect_model import check_model, check_output, hook_layer_macs, raise_if_infeasible
     from .latency_meter import LatencySettings
+    from .settings import PrunerConfig
 
+    try:  # prune's own checks of the pair, before the model is built
+        PrunerConfig(round_to=round_to, max_pruning_ratio=max_pruning_ratio)
+    except ValueError as exc:
+        raise TaperpruneError(f"the flags: {exc}") from None
     latency = LatencySettings(latency_runtime, latency_batch, latency_threads)
     wanted = _split(budgets)
     if budget_resource(wanted) == "latency":
@@ -228,7 +244,15 @@ def check(
     check_output(net, x, model, num_classes)
     head = f"{model} @ {_shape(shape)}, {num_classes} classes"
     try:
-        report = check_model(net, x, wanted, _split(exclude), round_to=round_to, latency=latency)
+        report = check_model(
+            net,
+            x,
+            wanted,
+            _split(exclude),
+            round_to=round_to,
+            max_pruning_ratio=max_pruning_ratio,
+            latency=latency,
+        )
     except GraphError:
         total = sum(r.macs for r in hook_layer_macs(net, x))  # no graph to count on
         console.print(f"{head}: {total:,} MACs, {count_params(net):,} params")
@@ -237,7 +261,7 @@ def check(
     if report.refused is not None:
         console.print(f"[red]refused:[/red] {escape(str(report.refused))}")
         console.print(f"with --exclude '{escape(','.join(report.suggested))}' added:")
-    _print_check(report, round_to)
+    _print_check(report)
     if report.refused is not None:
         every = ",".join(report.exclude + report.suggested)
         raise TaperpruneError(
@@ -250,6 +274,8 @@ def check(
         flags += f" --exclude '{','.join(report.exclude)}'"
     if round_to > 1:
         flags += f" --round-to {round_to}"
+    if max_pruning_ratio < 1:
+        flags += f" --max-pruning-ratio {max_pruning_ratio:g}"
     if report.unit == "ns":
         flags += f" --latency-runtime {latency_runtime} --latency-batch {latency_batch}"
         flags += f" --latency-threads {latency_threads}" if latency_threads else ""

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import block_units
-from .budget import amount, parse_budget, parse_budgets
+from .blocks import block_units, rounded_budgets
+from .budget import amount, parse_budget
 from .constraint import minimum_macs
 from .cost import build_cost_model, count_params, hooked_macs, layer_macs
 from .errors import BudgetError, GraphError, ModelError
 from .graph import FIXED, ChannelGraph, UnmaskableLayerError, build_graph
 from .latency_meter import LatencySettings
 from .resource import budget_cost
+from .settings import PrunerConfig
 from .surgery import check_surgery
+from .width_floor import ratio_floors
 
 _SPECIAL = re.compile(r"[*?\[\]]")
 
@@ -166,6 +168,8 @@ class CheckReport:
     refused: UnmaskableLayerError | None = None
     unit: str = "MACs"  # what the budgets and `minimum` count: MACs or params
     full: int = 0  # the unpruned model's count in `unit`
+    round_to: int = 1
+    max_pruning_ratio: float = 1.0
 
 
 def budget_rows(
@@ -198,6 +202,7 @@ def check_model(
     *,
     surgery: bool = True,
     round_to: int = 1,
+    max_pruning_ratio: float = 1.0,
     latency: LatencySettings | None = None,
 ) -> CheckReport:
     """`prune`'s checks before training (graph, surgery, budgets), gathered, not raised.
@@ -205,6 +210,7 @@ def check_model(
     When the graph refuses layers it cannot mask, the refusal's patterns are added to
     `exclude` and the rest is checked with them (`suggested`, `refused` say so).
     """
+    PrunerConfig(round_to=round_to, max_pruning_ratio=max_pruning_ratio)  # prune's own checks
     exclude = tuple(exclude)
     refused = None
     try:
@@ -217,7 +223,8 @@ def check_model(
     # MACs; params for '1.2Mparams'; ns for '3.5ms' (then the latency model is measured)
     unit, cm = budget_cost(graph, model, budgets, example_input=example, latency=latency)
     blocks = block_units(graph, round_to)  # a round_to no group is wider than: one line
-    least = minimum_macs(cm, graph.unit_group, len(graph.groups), blocks)
+    floors = ratio_floors(graph.unit_group, len(graph.groups), max_pruning_ratio)
+    least = minimum_macs(cm, graph.unit_group, len(graph.groups), blocks, floors)
     rows = budget_rows(list(budgets), cm.full_macs, least, unit)
     return CheckReport(
         unit=unit,
@@ -230,12 +237,21 @@ def check_model(
         exclude=exclude,
         suggested=refused.patterns if refused else (),
         refused=refused,
+        round_to=round_to,
+        max_pruning_ratio=max_pruning_ratio,
     )
 
 
 def raise_if_infeasible(report: CheckReport, budgets: Sequence[str]) -> None:
-    """The budget error `prune` would stop with, if any: its own `parse_budgets` call."""
-    parse_budgets(list(budgets), report.full, report.minimum, report.unit)
+    """The budget error `prune` would stop with, if any: its own `rounded_budgets` call."""
+    rounded_budgets(
+        list(budgets),
+        report.full,
+        report.minimum,
+        report.round_to,
+        report.unit,
+        report.max_pruning_ratio,
+    )
 
 
 def check_output(model: nn.Module, example: torch.Tensor, name: str, classes: int) -> None:
