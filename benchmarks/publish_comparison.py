@@ -10,10 +10,11 @@ says what ran: `taperprune` is always the current default; the old default's row
 ` (marginal price)` appended. Rows are told apart by the `price` each run's config.yaml
 records, not by when they ran.
 
-The same for the width floor: a `taperprune` row whose run kept another floor than today's
-default becomes `taperprune_nofloor` (no floor) or `taperprune (width_floor f)`, and a
-variant that only set today's default floor becomes `taperprune`. A
-(view, net, method, seed, budget) that two benches both hold then is published once.
+The same for the width floor and the cap (`max_pruning_ratio`): a `taperprune` row whose
+run kept another floor or cap than today's default becomes `taperprune_nofloor` /
+`taperprune_nocap` (without it) or `taperprune (width_floor f)`, and a variant that only
+set today's defaults becomes `taperprune`. A (view, net, method, seed, budget) that two
+benches both hold then is published once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from benchmarks.compare.results import complete_seeds, read_rows, run_dir, write
 from benchmarks.compare.table import write_summary  # noqa: E402
 from taperprune.settings import PrunerConfig  # noqa: E402
 
-DEFAULT_WIDTH_FLOOR = PrunerConfig().width_floor
+# The settings a taperprune row is labelled by, each with its value before it existed
+# (the runs made then kept it), and the label of a `taperprune` row that ran without it.
+LABELLED: dict[str, tuple[float, str]] = {
+    "width_floor": (0.0, "taperprune_nofloor"),
+    "max_pruning_ratio": (1.0, "taperprune_nocap"),
+}
+DEFAULTS: dict[str, float] = {k: float(getattr(PrunerConfig(), k)) for k in LABELLED}
 
 
 def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,15 +49,23 @@ def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
     return dict(yaml.safe_load((run_dir(bench, row["run_id"]) / "config.yaml").read_text()))
 
 
-def floor_of(config: dict[str, Any]) -> float:
-    """The width floor a run kept (0 before the setting existed)."""
-    return float(config.get("width_floor", 0.0))
+def settings_of(config: dict[str, Any]) -> dict[str, float]:
+    """The labelled settings a run kept (their old value where the setting is younger)."""
+    return {k: float(config.get(k, before)) for k, (before, _) in LABELLED.items()}
 
 
-def _floor_label(method: str, floor: float) -> str:
-    if method == "taperprune" and floor != DEFAULT_WIDTH_FLOOR:
-        return "taperprune_nofloor" if floor == 0 else f"taperprune (width_floor {floor:g})"
-    if TAPERPRUNE.get(method) == {"width_floor": floor} and floor == DEFAULT_WIDTH_FLOOR:
+def setting_label(method: str, settings: dict[str, float]) -> str:
+    """`taperprune` only for today's defaults: a default row that kept other settings is
+    named by them, and a variant that only set today's defaults becomes `taperprune`."""
+    other = {k: v for k, v in settings.items() if v != DEFAULTS[k]}
+    if method == "taperprune" and other:
+        if len(other) == 1:
+            ((key, value),) = other.items()
+            if value == LABELLED[key][0]:
+                return LABELLED[key][1]
+        return "taperprune (" + ", ".join(f"{k} {v:g}" for k, v in other.items()) + ")"
+    variant = TAPERPRUNE.get(method)
+    if variant and not other and set(variant) <= set(LABELLED):
         return "taperprune"
     return method
 
@@ -72,7 +87,7 @@ def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         config = run_config(bench, r)
         if config is not None:
-            r = r | {"method": _floor_label(r["method"], floor_of(config))}
+            r = r | {"method": setting_label(r["method"], settings_of(config))}
         price = None if config is None else str(config["price"])
         if price == "macs":
             if r["method"] in ("taperprune", "taperprune_static_price"):

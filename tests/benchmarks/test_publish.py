@@ -43,10 +43,39 @@ def _bench(root: Path, runs: list[tuple[dict[str, Any], dict[str, Any] | None]])
 def test_rows_are_labelled_by_the_floor_their_run_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method, config, label
 ):
-    monkeypatch.setattr(publish, "DEFAULT_WIDTH_FLOOR", 0.75)
+    monkeypatch.setitem(publish.DEFAULTS, "width_floor", 0.75)
     row = _row(method, 0, 90.0)
     bench = _bench(tmp_path, [(row, config)])
     assert [r["method"] for r in publish.relabel(bench, [row])] == [label]
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "label"),
+    [
+        ("taperprune", {"max_pruning_ratio": 0.9}, "taperprune"),
+        ("taperprune", {"max_pruning_ratio": 1.0}, "taperprune_nocap"),
+        ("taperprune", {}, "taperprune_nocap"),  # before the setting
+        ("taperprune", {"max_pruning_ratio": 0.8}, "taperprune (max_pruning_ratio 0.8)"),
+        ("taperprune", {"width_floor": 0.75}, "taperprune (width_floor 0.75, max_pruning_ratio 1)"),
+        ("taperprune_cap90", {"max_pruning_ratio": 0.9}, "taperprune"),
+        ("taperprune_floor", {"width_floor": 0.75, "max_pruning_ratio": 0.9}, "taperprune_floor"),
+    ],
+)
+def test_rows_are_labelled_by_the_cap_their_run_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method, config, label
+):
+    monkeypatch.setitem(publish.DEFAULTS, "max_pruning_ratio", 0.9)
+    row = _row(method, 0, 90.0)
+    bench = _bench(tmp_path, [(row, {"price": "static", **config})])
+    assert [r["method"] for r in publish.relabel(bench, [row])] == [label]
+
+
+def test_today_s_defaults_label_today_s_runs_taperprune(tmp_path: Path):
+    row = _row("taperprune", 0, 90.0)
+    config = {"price": "static", **publish.DEFAULTS}
+    assert [r["method"] for r in publish.relabel(_bench(tmp_path, [(row, config)]), [row])] == [
+        "taperprune"
+    ]
 
 
 def test_a_cell_two_benches_hold_is_published_once(tmp_path: Path):
