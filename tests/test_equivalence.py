@@ -80,6 +80,7 @@ CASES = {
     "resnet20": (lambda: resnet20(), (3, 32, 32)),
     "mobilenet_small": (lambda: mobilenet_small(), (3, 32, 32)),
     "vgg_small": (lambda: vgg_small(), (3, 32, 32)),
+    "vgg_small_28_ceil_pools": (lambda: vgg_small(in_channels=1), (1, 28, 28)),
     "residual_concat": (ResidualConcatNet, (3, 8, 8)),
     "alexnet_bvlc_grouped": (lambda: alexnet_bvlc(num_classes=10), (3, 227, 227)),
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 64, 64)),

@@ -57,13 +57,16 @@ def mobilenet_small(num_classes: int = 10, in_channels: int = 3, width: int = 16
 
 def vgg_small(num_classes: int = 10, in_channels: int = 3, width: int = 32) -> nn.Module:
     """A VGG-11-BN-style net at half width for 32x32 inputs: eight 3x3 conv + BN layers,
-    32-64-128-128-256-256-256-256 channels (× width/32); 38.6 M MACs at width 32."""
+    32-64-128-128-256-256-256-256 channels (× width/32); 38.6 M MACs at width 32.
+
+    Its five max-pools round up (`ceil_mode`), so 28x28 inputs (Fashion-MNIST, the bench's
+    data) end at 1x1 as 32x32 ones do; a 32x32 input pools exactly as VGG-11's."""
     plan = [1, 0, 2, 0, 4, 4, 0, 8, 8, 0, 8, 8, 0]  # channels ÷ width; 0: a 2x2 max-pool
     layers: list[nn.Module] = []
     cin = in_channels
     for item in plan:
         if item == 0:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
             continue
         cout = width * item
         layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
