@@ -65,7 +65,12 @@ VIEWS = ("per-budget", "curve", "steps")
 # have been); nets not listed get DEFAULT_MAX_PRUNING_RATIO.
 MAX_PRUNING_RATIO_CHOICES: tuple[float, ...] = (0.8, 0.9, 0.95)
 DEFAULT_MAX_PRUNING_RATIO = 0.9
-MAX_PRUNING_RATIO: dict[str, float] = {"demo_cnn": 0.9, "resnet20": 0.9, "mobilenet_small": 0.9}
+MAX_PRUNING_RATIO: dict[str, float] = {
+    "demo_cnn": 0.9,
+    "resnet20": 0.9,
+    "mobilenet_small": 0.9,
+    "vgg_small": 0.8,
+}
 
 
 @dataclass(frozen=True)

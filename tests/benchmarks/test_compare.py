@@ -27,6 +27,7 @@ from benchmarks.compare.baselines import (
 )
 from benchmarks.compare.config import (
     ALL_METHODS,
+    DEFAULT_MAX_PRUNING_RATIO,
     METHODS,
     NEWER_BASELINES,
     ON_DEMAND,
@@ -544,7 +545,8 @@ def test_parse_net_and_config_errors():
 def test_max_pruning_ratio_is_a_setting_per_net():
     cfg = BenchConfig()
     assert cfg.max_ratio("demo_cnn") == cfg.max_ratio("demo_cnn:width=8") == 0.9
-    assert cfg.max_ratio("resnet20") == 0.9 and cfg.max_ratio("vgg_small") == 0.9  # default
+    assert cfg.max_ratio("resnet20") == 0.9 and cfg.max_ratio("vgg_small") == 0.8
+    assert cfg.max_ratio("alexnet_bvlc") == DEFAULT_MAX_PRUNING_RATIO == 0.9  # not in the table
     every = BenchConfig(max_pruning_ratio=parse_max_ratios("0.95"))
     assert every.max_ratio("resnet20") == every.max_ratio("demo_cnn:width=8") == 0.95
     some = BenchConfig(max_pruning_ratio=parse_max_ratios("resnet20=0.8,demo_cnn:width=8=0.95"))
