@@ -1,16 +1,18 @@
-"""The pipeline's set-up work: the channel graph is built once per run and shared by the
-budget check, the base plan and the pruner."""
+"""The pipeline's set-up work (the channel graph is built once per run and shared by the
+budget check, the base plan and the pruner) and its streams (each snapshot's fine-tune
+reads its own)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
-from _tiny_run import NO_OUTPUTS, TINY_RUN
+from _tiny_run import FAST_RUN, NO_OUTPUTS, TINY_RUN
 from taperprune import graph as graph_mod
 from taperprune.run.config import RunConfig
-from taperprune.run.pipeline import run_prune
+from taperprune.run.pipeline import Run, run_prune
 
 
 def test_a_run_builds_the_channel_graph_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -29,3 +31,33 @@ def test_a_run_builds_the_channel_graph_once(tmp_path: Path, monkeypatch: pytest
     result = run_prune(cfg)
     assert len(result.snapshots) == 2
     assert len(built) == 1
+
+
+def _snapshot_results(out: Path, **extra: object) -> dict[str, tuple[float, float, float]]:
+    cfg = RunConfig(out=str(out), **{**FAST_RUN, **extra})
+    return {s.label: (s.acc_at_snapshot, s.acc_finetuned, s.macs) for s in run_prune(cfg).snapshots}
+
+
+def test_a_snapshot_s_fine_tune_does_not_depend_on_where_the_taper_left_the_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A taper that runs longer after a snapshot (another budget after it, a cap that binds
+    # late) must not change that snapshot's recalibration and fine-tune: each reads its
+    # own stretch of the batch stream with its own random seed.
+    plain = _snapshot_results(tmp_path / "plain")
+    original = Run._finetunes
+
+    def after_a_longer_taper(self: Run) -> None:
+        for _ in self.prep.stream.batches(7):
+            pass
+        torch.rand(13)
+        original(self)
+
+    monkeypatch.setattr(Run, "_finetunes", after_a_longer_taper)
+    assert _snapshot_results(tmp_path / "longer") == plain
+
+
+def test_a_seed_beyond_32_bits_runs(tmp_path: Path) -> None:
+    # numpy's generator takes 32-bit seeds; the config allows seeds up to 2**63.
+    small = _snapshot_results(tmp_path / "a", seed=2**40 + 1, finetune_epochs=0.0)
+    assert small == _snapshot_results(tmp_path / "b", seed=2**40 + 1, finetune_epochs=0.0)

@@ -29,8 +29,8 @@ StepHook = Callable[[str, int, TaperpruneError | None], None]
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32-bit seeds; the config allows up to 2**63
+    torch.manual_seed(seed % 2**64)
 
 
 def make_optimizer(cfg: RunConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:

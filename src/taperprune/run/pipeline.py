@@ -218,6 +218,7 @@ class Run(Trainer):
         else:
             self.resume = None
             state.finetune = {"index": k}
+            self._start_snapshot(k)
 
         def remember(acc: float) -> None:
             state.finetune["acc0"] = acc

@@ -20,7 +20,7 @@ from ..pruner import TaperPruner
 from . import distributed as ddp
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig
-from .loop import FitLoop, cosine, make_optimizer
+from .loop import FitLoop, cosine, make_optimizer, seed_everything
 from .prepare import Prepared
 from .progress import progress
 from .state import Resume, RunState
@@ -41,6 +41,11 @@ def restoring(out: Path, what: str) -> Iterator[None]:
             f"{out / 'checkpoint'}: {what} does not fit this run ({first}); the checkpoint is "
             "damaged or from another run: start again with --overwrite"
         ) from None
+
+
+# Snapshot k reads epochs from SNAPSHOT_EPOCHS · (k + 1) on: beyond any taper, and more
+# than any one fine-tune reads.
+SNAPSHOT_EPOCHS = 1 << 20
 
 
 class Trainer:
@@ -103,6 +108,13 @@ class Trainer:
         with restoring(self.out, "the random state and data position"):
             set_rng_state(resume.rng)
             self.prep.stream.load_state_dict(resume.stream)
+
+    def _start_snapshot(self, k: int) -> None:
+        """Snapshot k's recalibration and fine-tune read their own stretch of the batch
+        stream and their own random seed: its result does not depend on how long the taper
+        ran after it, nor on the budgets that follow it."""
+        self.prep.stream.load_state_dict({"epoch": SNAPSHOT_EPOCHS * (k + 1), "index": 0})
+        seed_everything(self.cfg.seed * 1_000_003 + k + 1)
 
     def _restore_loop(self, resume: Resume) -> int:
         """The optimizer (and LR schedule) as saved; later phases start fresh."""
