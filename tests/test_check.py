@@ -205,10 +205,11 @@ def test_check_max_pruning_ratio_sets_the_least_and_is_passed_on() -> None:
     assert code == 0 and exc is None, out
     assert f"least reachable: {least:,} MACs" in text and "(--max-pruning-ratio)" in text
     assert "--budgets 0.5,0.05 --max-pruning-ratio 0.9` passes" in text
-    code, out, _ = _invoke(
+    code, out, exc = _invoke(
         "check", "demo_cnn", "--budgets", "0.5,0.01", "--max-pruning-ratio", "0.9"
     )
     assert code != 0 and "infeasible: below the least reachable" in out
+    assert "max_pruning_ratio=0.9" in str(exc)
     code, _, _ = _invoke("check", "demo_cnn", "--budgets", "0.5,0.01")  # no cap: reachable
     assert code == 0
 
@@ -217,7 +218,7 @@ def test_check_max_pruning_ratio_sets_the_least_and_is_passed_on() -> None:
     ("flags", "why"),
     [
         (["--max-pruning-ratio", "0"], "max_pruning_ratio must be in (0, 1]"),
-        (["--max-pruning-ratio", "0.9", "--round-to", "8"], "works with round_to 1"),
+        (["--max-pruning-ratio", "0.9", "--round-to", "8"], "needs --round-to 1"),
     ],
 )
 def test_check_refuses_a_bad_cap_before_building_the_model(flags: list[str], why: str) -> None:

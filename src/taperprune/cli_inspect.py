@@ -160,8 +160,8 @@ def _groups_lines(report: CheckReport) -> list[str]:
 def _least_left(report: CheckReport) -> str:
     """What every group keeps at the least reachable budget, in words."""
     if report.max_pruning_ratio < 1:
-        cap = 1 - report.max_pruning_ratio
-        return f"≥ {cap:.0%} of every group's units left (--max-pruning-ratio)"
+        cap = 100 * (1 - report.max_pruning_ratio)
+        return f"≥ {cap:.3g}% of every group's units left (--max-pruning-ratio)"
     one = "one unit" if report.round_to == 1 else f"one block of {report.round_to} channels"
     return one + " left per group"
 
@@ -227,7 +227,12 @@ def check(
     from .latency_meter import LatencySettings
     from .settings import PrunerConfig
 
-    try:  # prune's own checks of the pair, before the model is built
+    if max_pruning_ratio < 1 and round_to > 1:  # in flag terms: check has no width floor
+        raise TaperpruneError(
+            "--max-pruning-ratio < 1 needs --round-to 1 (one block of channels per group is "
+            "already a floor); drop one of them"
+        )
+    try:  # prune's own checks, before the model is built
         PrunerConfig(round_to=round_to, max_pruning_ratio=max_pruning_ratio)
     except ValueError as exc:
         raise TaperpruneError(f"the flags: {exc}") from None
@@ -275,7 +280,7 @@ def check(
     if round_to > 1:
         flags += f" --round-to {round_to}"
     if max_pruning_ratio < 1:
-        flags += f" --max-pruning-ratio {max_pruning_ratio:g}"
+        flags += f" --max-pruning-ratio {max_pruning_ratio!r}"
     if report.unit == "ns":
         flags += f" --latency-runtime {latency_runtime} --latency-batch {latency_batch}"
         flags += f" --latency-threads {latency_threads}" if latency_threads else ""

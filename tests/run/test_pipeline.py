@@ -41,23 +41,36 @@ def _snapshot_results(out: Path, **extra: object) -> dict[str, tuple[float, floa
 def test_a_snapshot_s_fine_tune_does_not_depend_on_where_the_taper_left_the_streams(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A taper that runs longer after a snapshot (another budget after it, a cap that binds
-    # late) must not change that snapshot's recalibration and fine-tune: each reads its
-    # own stretch of the batch stream with its own random seed.
-    plain = _snapshot_results(tmp_path / "plain")
-    original = Run._finetunes
+    # A taper that runs longer after a snapshot (a cap that binds late, another schedule)
+    # must not change that snapshot's recalibration and fine-tune: each reads its own
+    # stretch of the batch stream with its own random seed.
+    rng_at_recalibration: list[bytes] = []
+    recalibrate = Run._recalibrate
+
+    def recording(self: Run, model: torch.nn.Module) -> None:
+        rng_at_recalibration.append(bytes(torch.get_rng_state().numpy()))
+        recalibrate(self, model)
+
+    monkeypatch.setattr(Run, "_recalibrate", recording)
+    plain, plain_rng = _snapshot_results(tmp_path / "plain"), list(rng_at_recalibration)
+    rng_at_recalibration.clear()
+    finetunes = Run._finetunes
 
     def after_a_longer_taper(self: Run) -> None:
         for _ in self.prep.stream.batches(7):
             pass
         torch.rand(13)
-        original(self)
+        finetunes(self)
 
     monkeypatch.setattr(Run, "_finetunes", after_a_longer_taper)
     assert _snapshot_results(tmp_path / "longer") == plain
+    assert rng_at_recalibration == plain_rng and len(plain_rng) == 4  # 2 snapshots × 2
 
 
-def test_a_seed_beyond_32_bits_runs(tmp_path: Path) -> None:
-    # numpy's generator takes 32-bit seeds; the config allows seeds up to 2**63.
-    small = _snapshot_results(tmp_path / "a", seed=2**40 + 1, finetune_epochs=0.0)
-    assert small == _snapshot_results(tmp_path / "b", seed=2**40 + 1, finetune_epochs=0.0)
+def test_the_largest_seed_runs(tmp_path: Path) -> None:
+    # numpy's generator takes 32-bit seeds and torch's 64-bit ones; the config allows any
+    # seed below 2**63, and the data order multiplies it.
+    big = 2**63 - 1
+    assert _snapshot_results(tmp_path / "a", seed=big, finetune_epochs=0.0) == _snapshot_results(
+        tmp_path / "b", seed=big, finetune_epochs=0.0
+    )

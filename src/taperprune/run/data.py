@@ -77,7 +77,7 @@ class BatchStream:
         return self.n // self.batch_size
 
     def _index_batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**64)
         order = torch.randperm(self.n, generator=g)
         per_rank = self.batch_size // self.world
         lo = self.rank * per_rank

@@ -111,8 +111,8 @@ class Trainer:
 
     def _start_snapshot(self, k: int) -> None:
         """Snapshot k's recalibration and fine-tune read their own stretch of the batch
-        stream and their own random seed: its result does not depend on how long the taper
-        ran after it, nor on the budgets that follow it."""
+        stream and their own random seed (keyed by k, its place among the budgets): its
+        result does not depend on how long the taper ran after it."""
         self.prep.stream.load_state_dict({"epoch": SNAPSHOT_EPOCHS * (k + 1), "index": 0})
         seed_everything(self.cfg.seed * 1_000_003 + k + 1)
 
