@@ -13,9 +13,8 @@ records, not by when they ran.
 The same for the width floor and the cap (`max_pruning_ratio`): a `taperprune` row whose
 run kept another floor or cap than today's default becomes `taperprune_nofloor` /
 `taperprune_nocap` (without it) or `taperprune (width_floor f, max_pruning_ratio r)` (the
-settings that differ), and a variant that only
-set today's defaults becomes `taperprune`. A (view, net, method, seed, budget) that two
-benches both hold then is published once.
+settings that differ), and a variant that only set today's defaults becomes `taperprune`.
+A (view, net, method, seed, budget) that two benches both hold then is published once.
 """
 
 from __future__ import annotations
