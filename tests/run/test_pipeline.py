@@ -74,3 +74,42 @@ def test_the_largest_seed_runs(tmp_path: Path) -> None:
     assert _snapshot_results(tmp_path / "a", seed=big, finetune_epochs=0.0) == _snapshot_results(
         tmp_path / "b", seed=big, finetune_epochs=0.0
     )
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_resuming_an_old_mid_fine_tune_checkpoint_says_its_data_order_differs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old: bool
+) -> None:
+    # Before each snapshot read its own stretch of the stream, a fine-tune continued the
+    # taper's (a low epoch); resuming such a checkpoint cannot end where a run of either
+    # version would, and the user is told so. A checkpoint of this version is not flagged.
+    import json
+    import signal
+
+    from taperprune.errors import TaperpruneError
+    from taperprune.run.pipeline import resume_run
+    from taperprune.run.trainer import Trainer
+
+    after = Trainer._after_step
+
+    def interrupt(self: Trainer, label: str, i: int, stop: TaperpruneError | None) -> None:
+        if label.startswith("fine-tune") and i == 3:
+            self.signal = signal.SIGINT
+        after(self, label, i, stop)
+
+    monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    out = tmp_path / "cut"
+    with pytest.raises(TaperpruneError, match="interrupted"):
+        _snapshot_results(out)
+    monkeypatch.setattr(Trainer, "_after_step", after)
+    ckpt = out / "checkpoint"
+    state_file = ckpt / json.loads((ckpt / "latest.json").read_text())["dir"] / "state.json"
+    saved = json.loads(state_file.read_text())
+    assert saved["state"]["stream"]["epoch"] >= 1 << 20  # this version's stream
+    if old:
+        saved["state"]["stream"]["epoch"] = 3
+        state_file.write_text(json.dumps(saved))
+    capsys.readouterr()
+    resume_run(out)
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("old data order" in said) is old

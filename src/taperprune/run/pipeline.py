@@ -215,6 +215,7 @@ class Run(Trainer):
         if resume is not None and "acc0" in resume.finetune:
             state.finetune = dict(resume.finetune)  # `_fit` restores the optimizer
             acc0 = state.finetune["acc0"]
+            self._warn_old_stream(resume, label)
         else:
             self.resume = None
             state.finetune = {"index": k}
