@@ -15,6 +15,9 @@ run kept another floor or cap than today's default becomes `taperprune_nofloor` 
 `taperprune_nocap` (without it) or `taperprune (width_floor f, max_pruning_ratio r)` (the
 settings that differ), and a variant that only set today's defaults becomes `taperprune`.
 A (view, net, method, seed, budget) that two benches both hold then is published once.
+
+`--docs README.md docs/BENCHMARKS.md` regenerates the tables marked in those files
+(`benchmarks/compare/splice.py`) from the same rows.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.compare.config import TAPERPRUNE  # noqa: E402
 from benchmarks.compare.results import complete_seeds, read_rows, run_dir, write_rows  # noqa: E402
+from benchmarks.compare.splice import splice  # noqa: E402
 from benchmarks.compare.table import write_summary  # noqa: E402
+from taperprune.files import write_atomic  # noqa: E402
 from taperprune.settings import PrunerConfig  # noqa: E402
 
 # The settings a taperprune row is labelled by, each with its value before it existed
@@ -110,6 +115,13 @@ def main() -> None:
         help="publish each method only on the seeds that have run every budget its lowest "
         "seed has (for tables published while a bench is still running)",
     )
+    ap.add_argument(
+        "--docs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="markdown files whose <!-- bench: … --> blocks are regenerated from the rows",
+    )
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for bench in args.benches:
@@ -131,6 +143,12 @@ def main() -> None:
     write_rows(args.out / "results.csv", rows)
     for path in write_summary(rows, args.out):
         print(f"wrote {path}")
+    for doc in args.docs:
+        text, count = splice(doc.read_text(), rows)
+        if not count:
+            sys.exit(f"{doc}: no <!-- bench: … --> block to regenerate")
+        write_atomic(doc, text)
+        print(f"regenerated {count} block(s) in {doc}")
 
 
 if __name__ == "__main__":

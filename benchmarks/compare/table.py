@@ -245,6 +245,37 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
     return lines
 
 
+def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
+    """One (net, view) as method × column, each cell "mean (seed 0/seed 1/…)" in seed
+    order: what each seed gave, for the prose that discusses single seeds. The curve view
+    shows taperprune's one run (its per-budget rows) where it has none of its own."""
+    picked = [r for r in rows if r["net"] == net and r["view"] == view]
+    if view == "curve" and not any(r["method"] == "taperprune" for r in picked):
+        picked += [
+            r
+            for r in rows
+            if (r["net"], r["view"], r["method"]) == (net, "per-budget", "taperprune")
+        ]
+    if not picked:
+        raise ValueError(f"no rows for {net} in the {view} view")
+    grouped: dict[str, dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in sorted(picked, key=lambda r: r["method"] != "taperprune"):  # stable: ours first
+        grouped[r["method"]][column(r)][int(r["seed"])] = float(r["acc"])
+    cols = sorted({b for per in grouped.values() for b in per}, reverse=view != "steps")
+    heads = [f"{b:.0f} steps" if view == "steps" else f"{100 * b:.4g} %" for b in cols]
+    lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(cols) + 1) + "|"]
+    for method, per in grouped.items():
+        texts = []
+        for b in cols:
+            accs = [per[b][seed] for seed in sorted(per.get(b, {}))]
+            text = f"{statistics.fmean(accs):.2f}" if accs else ""
+            if len(accs) > 1:
+                text += " (" + "/".join(f"{a:.2f}" for a in accs) + ")"
+            texts.append(text)
+        lines.append(f"| {method} | " + " | ".join(texts) + " |")
+    return lines
+
+
 def markdown(rows: Sequence[Row]) -> str:
     parts = [
         "Top-1 accuracy (%) after fine-tuning, mean ± std over seeds. **Bold**: best mean; "

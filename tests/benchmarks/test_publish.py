@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import yaml
 from benchmarks.compare.results import run_dir
+from benchmarks.compare.splice import splice
+from benchmarks.compare.table import seed_table
 
 from benchmarks import publish_comparison as publish
 
@@ -83,3 +85,44 @@ def test_a_cell_two_benches_hold_is_published_once(tmp_path: Path):
     b = [_row("taperprune", 1, 95.0), _row("taperprune", 2, 92.0)]
     kept = publish.once(a + b)
     assert [(r["seed"], r["acc"]) for r in kept] == [(0, 90.0), (1, 91.0), (2, 92.0)]
+
+
+def _acc_row(method: str, seed: int, budget: float, acc: float, view: str = "per-budget"):
+    return {"view": view, "net": "n", "method": method, "seed": seed, "budget": budget,
+            "step_budget": 0, "acc": acc, "macs": 1, "full_macs": 10, "steps": 5}  # fmt: skip
+
+
+def test_the_seed_table_shows_each_seed_in_order_and_ours_first():
+    rows = [_acc_row("uniform_width", s, 0.5, 89.0 + s) for s in (2, 0, 1)]
+    rows += [_acc_row("taperprune", s, b, 90.0 + s) for s in (1, 0) for b in (0.5, 0.25)]
+    rows += [_acc_row("tp_l1_global", 0, 0.25, 88.0)]  # one seed: its mean alone
+    assert seed_table(rows, "n", "per-budget") == [
+        "| method | 50 % | 25 % |",
+        "|---|---|---|",
+        "| taperprune | 90.50 (90.00/91.00) | 90.50 (90.00/91.00) |",
+        "| uniform_width | 90.00 (89.00/90.00/91.00) |  |",
+        "| tp_l1_global |  | 88.00 |",
+    ]
+    # The curve view shows taperprune's one run: its per-budget rows.
+    curve = seed_table(rows + [_acc_row("uniform_width", 0, 0.5, 80.0, "curve")], "n", "curve")
+    assert curve[2:] == ["| taperprune | 90.50 (90.00/91.00) | 90.50 (90.00/91.00) |",
+                         "| uniform_width | 80.00 |  |"]  # fmt: skip
+    with pytest.raises(ValueError, match="no rows for m in the steps view"):
+        seed_table(rows, "m", "steps")
+
+
+def test_marked_blocks_are_regenerated_and_the_rest_is_kept():
+    rows = [_acc_row(m, s, 0.5, a + 0.1 * s) for s in range(3)
+            for m, a in (("taperprune", 91.0), ("uniform_width", 89.0))]  # fmt: skip
+    doc = (
+        "intro\n<!-- bench: seeds n per-budget -->\nstale table\n<!-- /bench -->\nmiddle\n"
+        "<!-- bench: headline per-budget -->\n<!-- /bench -->\nend\n"
+    )
+    text, count = splice(doc, rows)
+    assert count == 2
+    assert text.startswith("intro\n<!-- bench: seeds n per-budget -->\n| method | 50 % |")
+    assert "stale" not in text and "\nmiddle\n" in text and text.endswith("<!-- /bench -->\nend\n")
+    assert "| n | 50 % | 91.10 ± 0.10 | uniform_width 89.10 ± 0.10 | +2.00, **ahead** | 3 |" in text
+    assert splice(text, rows) == (text, 2)  # regenerating again changes nothing
+    with pytest.raises(ValueError, match="bench: seeds n -->: not"):
+        splice("<!-- bench: seeds n -->\n<!-- /bench -->", rows)
