@@ -63,8 +63,8 @@ def column(row: Row) -> float:
     return float(row["step_budget"]) if row["view"] == "steps" else float(row["budget"])
 
 
-def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Cell]]]:
-    """(view, net) → method → column (see `column`) → Cell, methods in first-seen order."""
+def grouped_rows(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, list[Row]]]]:
+    """(view, net) → method → column (see `column`) → rows, methods in first-seen order."""
     grouped: dict[tuple[str, str], dict[str, dict[float, list[Row]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -75,10 +75,19 @@ def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Ce
         ours = grouped.get(("per-budget", net), {}).get("taperprune")
         if view == "curve" and ours and "taperprune" not in methods:
             grouped[(view, net)] = {"taperprune": ours, **methods}
+    return grouped
+
+
+def cells(rows: Sequence[Row]) -> dict[tuple[str, str], dict[str, dict[float, Cell]]]:
+    """(view, net) → method → column (see `column`) → Cell, methods in first-seen order."""
     return {
         key: {m: {b: _cell(rs) for b, rs in per.items()} for m, per in methods.items()}
-        for key, methods in grouped.items()
+        for key, methods in grouped_rows(rows).items()
     }
+
+
+def column_heads(columns: Sequence[float], view: str) -> list[str]:
+    return [f"{b:.0f} steps" if view == "steps" else f"{100 * b:.4g} %" for b in columns]
 
 
 def best_baseline(per: dict[str, dict[float, Cell]], budget: float) -> tuple[str, Cell] | None:
@@ -109,9 +118,8 @@ def _verdict(per: dict[str, dict[float, Cell]], budget: float) -> str:
 def _accuracy_table(
     per: dict[str, dict[float, Cell]], budgets: list[float], view: str
 ) -> list[str]:
-    steps_view, curve = view == "steps", view == "curve" and len(per) > 1
-    heads = [f"{b:.0f} steps" if steps_view else f"{100 * b:.4g} %" for b in budgets]
-    lines = ["| method | " + " | ".join(heads) + " |"]
+    curve = view == "curve" and len(per) > 1
+    lines = ["| method | " + " | ".join(column_heads(budgets, view)) + " |"]
     lines.append("|---" * (len(budgets) + 1) + "|")
     best = {b: max((c[b] for c in per.values() if b in c), key=lambda c: c.mean) for b in budgets}
     for method, row in per.items():
@@ -247,27 +255,20 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
 
 def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
     """One (net, view) as method × column, each cell "mean (seed 0/seed 1/…)" in seed
-    order: what each seed gave, for the prose that discusses single seeds. The curve view
-    shows taperprune's one run (its per-budget rows) where it has none of its own."""
-    picked = [r for r in rows if r["net"] == net and r["view"] == view]
-    if view == "curve" and not any(r["method"] == "taperprune" for r in picked):
-        picked += [
-            r
-            for r in rows
-            if (r["net"], r["view"], r["method"]) == (net, "per-budget", "taperprune")
-        ]
-    if not picked:
+    order: what each seed gave, for the prose that discusses single seeds (the curve view
+    shows taperprune's one run, as in `cells`)."""
+    per_method = grouped_rows(rows).get((view, net))
+    if not per_method:
         raise ValueError(f"no rows for {net} in the {view} view")
-    grouped: dict[str, dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in sorted(picked, key=lambda r: r["method"] != "taperprune"):  # stable: ours first
-        grouped[r["method"]][column(r)][int(r["seed"])] = float(r["acc"])
-    cols = sorted({b for per in grouped.values() for b in per}, reverse=view != "steps")
-    heads = [f"{b:.0f} steps" if view == "steps" else f"{100 * b:.4g} %" for b in cols]
-    lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(cols) + 1) + "|"]
-    for method, per in grouped.items():
+    if "taperprune" in per_method:
+        per_method = {"taperprune": per_method["taperprune"], **per_method}
+    cols = sorted({b for per in per_method.values() for b in per}, reverse=view != "steps")
+    lines = ["| method | " + " | ".join(column_heads(cols, view)) + " |"]
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for method, per in per_method.items():
         texts = []
         for b in cols:
-            accs = [per[b][seed] for seed in sorted(per.get(b, {}))]
+            accs = [float(r["acc"]) for r in sorted(per.get(b, []), key=lambda r: int(r["seed"]))]
             text = f"{statistics.fmean(accs):.2f}" if accs else ""
             if len(accs) > 1:
                 text += " (" + "/".join(f"{a:.2f}" for a in accs) + ")"
