@@ -126,3 +126,32 @@ def test_marked_blocks_are_regenerated_and_the_rest_is_kept():
     assert splice(text, rows) == (text, 2)  # regenerating again changes nothing
     with pytest.raises(ValueError, match="bench: seeds n -->: not"):
         splice("<!-- bench: seeds n -->\n<!-- /bench -->", rows)
+
+
+def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from benchmarks.compare.results import FIELDS, write_rows
+
+    bench, out = tmp_path / "bench", tmp_path / "published"
+    methods = (("uniform_width", 89.0), ("tp_l1_global", 88.0))
+    rows = [
+        {**dict.fromkeys(FIELDS, 1), **_row(m, s, a + 0.1 * s), "run_id": f"{m}{s}"}
+        for s in range(3)
+        for m, a in methods
+    ]
+    write_rows(bench / "results.csv", rows)
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- bench: seeds n per-budget -->\nold\n<!-- /bench -->\nb\n")
+    monkeypatch.setattr("sys.argv", ["publish", str(bench), "--out", str(out), "--docs", str(doc)])
+    publish.main()
+    assert "| uniform_width | 89.10 (89.00/89.10/89.20) |" in doc.read_text()
+    assert (out / "results.csv").exists() and "old" not in doc.read_text()
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    monkeypatch.setattr(
+        "sys.argv", ["publish", str(bench), "--out", str(out), "--docs", str(plain)]
+    )
+    with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … --> block"):
+        publish.main()
+    assert plain.read_text() == "no markers\n"
