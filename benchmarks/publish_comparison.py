@@ -51,7 +51,13 @@ def run_config(bench: Path, row: dict[str, Any]) -> dict[str, Any] | None:
     """The config.yaml of the taperprune run that made `row` (None for a baseline)."""
     if not row["method"].startswith("taperprune"):
         return None
-    return dict(yaml.safe_load((run_dir(bench, row["run_id"]) / "config.yaml").read_text()))
+    path = run_dir(bench, row["run_id"]) / "config.yaml"
+    if not path.is_file():
+        sys.exit(
+            f"{path} is missing: the row {row['run_id']} of {bench / 'results.csv'} cannot be "
+            "labelled by its settings; copy the bench's runs/ along with its results.csv"
+        )
+    return dict(yaml.safe_load(path.read_text()))
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, float]:

@@ -155,3 +155,9 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … --> block"):
         publish.main()
     assert plain.read_text() == "no markers\n"
+
+
+def test_a_taperprune_row_without_its_run_config_is_named(tmp_path: Path):
+    row = _row("taperprune", 0, 90.0)
+    with pytest.raises(SystemExit, match=r"seed0/config.yaml is missing: the row per-budget/n/"):
+        publish.relabel(tmp_path, [row])
