@@ -111,6 +111,17 @@ def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def regenerated(doc: Path, rows: list[dict[str, Any]]) -> tuple[str, int]:
+    """`doc`'s text with its marked blocks regenerated; a doc that cannot be is one line."""
+    try:
+        text, count = splice(doc.read_text(encoding="utf-8"), rows)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{doc}: {exc}")
+    if not count:
+        sys.exit(f"{doc}: no <!-- bench: … --> block to regenerate")
+    return text, count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("benches", nargs="+", type=Path)
@@ -145,14 +156,12 @@ def main() -> None:
         return 1 if method.startswith("taperprune") else 2
 
     rows.sort(key=lambda r: (r["net"], order[r["view"]], rank(r["method"])))
+    docs = {doc: regenerated(doc, rows) for doc in args.docs}  # every doc, before writing
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "results.csv", rows)
     for path in write_summary(rows, args.out):
         print(f"wrote {path}")
-    for doc in args.docs:
-        text, count = splice(doc.read_text(), rows)
-        if not count:
-            sys.exit(f"{doc}: no <!-- bench: … --> block to regenerate")
+    for doc, (text, count) in docs.items():
         write_atomic(doc, text)
         print(f"regenerated {count} block(s) in {doc}")
 

@@ -14,19 +14,37 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .table import Row, headline, seed_table
+from .table import Row, cells, headline, seed_table
 
-MARKED = re.compile(r"(<!-- bench: ([^>]*?) -->\n)(.*?)(<!-- /bench -->)", re.DOTALL)
+OPEN, CLOSE = "<!-- bench:", "<!-- /bench -->"
+# A block's body may not hold another opener: an unterminated marker is an error, not
+# a licence to swallow the prose up to the next block's end.
+MARKED = re.compile(
+    r"(<!-- bench: ([^>\n]*?) -->\r?\n)((?:(?!<!-- bench:).)*?)(<!-- /bench -->)", re.DOTALL
+)
+
+
+def _headline(rows: Sequence[Row], view: str) -> list[str]:
+    nets = {net: per for (v, net), per in cells(rows).items() if v == view}
+    if not nets:
+        raise ValueError(f"no rows in the {view} view")
+    without = sorted(net for net, per in nets.items() if "taperprune" not in per)
+    if without:  # the headline would silently drop these nets
+        raise ValueError(f"no taperprune rows for {', '.join(without)} in the {view} view")
+    return headline(rows, view)
 
 
 def render(rows: Sequence[Row], what: str) -> list[str]:
     """The lines a marker's `what` names (a ValueError names a marker it cannot fill)."""
     kind, *args = what.split()
-    if kind == "headline" and len(args) == 1:
-        return headline(rows, args[0])
-    if kind == "seeds" and len(args) == 2:
-        return seed_table(rows, args[0], args[1])
-    raise ValueError(f"<!-- bench: {what} -->: not 'headline VIEW' or 'seeds NET VIEW'")
+    try:
+        if kind == "headline" and len(args) == 1:
+            return _headline(rows, args[0])
+        if kind == "seeds" and len(args) == 2:
+            return seed_table(rows, args[0], args[1])
+    except ValueError as exc:
+        raise ValueError(f"{OPEN} {what} -->: {exc}") from None
+    raise ValueError(f"{OPEN} {what} -->: not 'headline VIEW' or 'seeds NET VIEW'")
 
 
 def splice(text: str, rows: Sequence[Row]) -> tuple[str, int]:
@@ -38,4 +56,10 @@ def splice(text: str, rows: Sequence[Row]) -> tuple[str, int]:
         count += 1
         return m.group(1) + "\n".join(render(rows, m.group(2))) + "\n" + m.group(4)
 
-    return MARKED.sub(fill, text), count
+    out = MARKED.sub(fill, text)
+    if not text.count(OPEN) == text.count(CLOSE) == count:
+        raise ValueError(
+            f"{text.count(OPEN)} '{OPEN} … -->' and {text.count(CLOSE)} '{CLOSE}' markers, "
+            f"{count} complete block(s): each opener needs its own closer on a later line"
+        )
+    return out, count

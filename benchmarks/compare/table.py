@@ -255,8 +255,9 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
 
 def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
     """One (net, view) as method × column, each cell "mean (seed 0/seed 1/…)" in seed
-    order: what each seed gave, for the prose that discusses single seeds (the curve view
-    shows taperprune's one run, as in `cells`)."""
+    order, "mean (seeds 0/2: a/b)" where a seed is missing: what each seed gave, for the
+    prose that discusses single seeds (the curve view shows taperprune's one run, as in
+    `cells`)."""
     per_method = grouped_rows(rows).get((view, net))
     if not per_method:
         raise ValueError(f"no rows for {net} in the {view} view")
@@ -268,10 +269,13 @@ def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
     for method, per in per_method.items():
         texts = []
         for b in cols:
-            accs = [float(r["acc"]) for r in sorted(per.get(b, []), key=lambda r: int(r["seed"]))]
-            text = f"{statistics.fmean(accs):.2f}" if accs else ""
-            if len(accs) > 1:
-                text += " (" + "/".join(f"{a:.2f}" for a in accs) + ")"
+            seeded = sorted((int(r["seed"]), float(r["acc"])) for r in per.get(b, []))
+            text = f"{statistics.fmean(a for _, a in seeded):.2f}" if seeded else ""
+            if len(seeded) > 1:
+                seeds = [s for s, _ in seeded]
+                gaps = seeds != list(range(len(seeds)))
+                which = "seeds " + "/".join(map(str, seeds)) + ": " if gaps else ""
+                text += f" ({which}" + "/".join(f"{a:.2f}" for _, a in seeded) + ")"
             texts.append(text)
         lines.append(f"| {method} | " + " | ".join(texts) + " |")
     return lines

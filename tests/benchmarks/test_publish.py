@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,14 @@ def test_the_seed_table_shows_each_seed_in_order_and_ours_first():
     rows = [_acc_row("uniform_width", s, 0.5, 89.0 + s) for s in (2, 0, 1)]
     rows += [_acc_row("taperprune", s, b, 90.0 + s) for s in (1, 0) for b in (0.5, 0.25)]
     rows += [_acc_row("tp_l1_global", 0, 0.25, 88.0)]  # one seed: its mean alone
+    rows += [_acc_row("tp_taylor", s, 0.25, 80.0 + s) for s in (10, 2)]  # a gap: seeds named
     assert seed_table(rows, "n", "per-budget") == [
         "| method | 50 % | 25 % |",
         "|---|---|---|",
         "| taperprune | 90.50 (90.00/91.00) | 90.50 (90.00/91.00) |",
         "| uniform_width | 90.00 (89.00/90.00/91.00) |  |",
         "| tp_l1_global |  | 88.00 |",
+        "| tp_taylor |  | 86.00 (seeds 2/10: 82.00/90.00) |",
     ]
     # The curve view shows taperprune's one run: its per-budget rows.
     curve = seed_table(rows + [_acc_row("uniform_width", 0, 0.5, 80.0, "curve")], "n", "curve")
@@ -126,6 +129,25 @@ def test_marked_blocks_are_regenerated_and_the_rest_is_kept():
     assert splice(text, rows) == (text, 2)  # regenerating again changes nothing
     with pytest.raises(ValueError, match="bench: seeds n -->: not"):
         splice("<!-- bench: seeds n -->\n<!-- /bench -->", rows)
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        # An opener without its closer must not swallow the prose up to the next block.
+        ("<!-- bench: seeds n per-budget -->\nprose\n<!-- bench: seeds n per-budget -->\n"
+         "<!-- /bench -->\n", "2 '<!-- bench: … -->' and 1 '<!-- /bench -->' markers, 1 complete"),
+        ("a stray closer\n<!-- /bench -->\n", "0 '<!-- bench: … -->' and 1"),
+        ("<!-- bench: headline per_budget -->\n<!-- /bench -->", "no rows in the per_budget view"),
+        ("<!-- bench: headline per-budget -->\n<!-- /bench -->",
+         "no taperprune rows for m in the per-budget view"),
+    ],
+)  # fmt: skip
+def test_a_doc_whose_blocks_cannot_be_filled_is_refused(doc: str, error: str):
+    rows = [_acc_row(m, s, 0.5, 90.0 + s) for s in range(2) for m in ("taperprune", "tp_random")]
+    rows += [{**_acc_row("uniform_width", 0, 0.5, 80.0), "net": "m"}]  # no taperprune on m
+    with pytest.raises(ValueError, match=re.escape(error)):
+        splice(doc, rows)
 
 
 def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks(
@@ -155,6 +177,15 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … --> block"):
         publish.main()
     assert plain.read_text() == "no markers\n"
+    # A doc that cannot be regenerated stops the publish before anything is written.
+    bad, fresh = tmp_path / "bad.md", tmp_path / "fresh"
+    bad.write_text("<!-- bench: seeds n steps -->\n<!-- /bench -->\n")
+    argv = ["publish", str(bench), "--out", str(fresh), "--docs", str(doc), str(bad)]
+    monkeypatch.setattr("sys.argv", argv)
+    before = doc.read_text()
+    with pytest.raises(SystemExit, match=r"bad.md: <!-- bench: seeds n steps -->: no rows"):
+        publish.main()
+    assert not fresh.exists() and doc.read_text() == before
 
 
 def test_a_taperprune_row_without_its_run_config_is_named(tmp_path: Path):
