@@ -77,34 +77,50 @@ def test_the_largest_seed_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("old", [False, True])
-def test_resuming_an_old_mid_fine_tune_checkpoint_says_its_data_order_differs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old: bool
+@pytest.mark.parametrize("where", ["mid fine-tune", "between fine-tunes"])
+def test_resuming_an_old_fine_tune_checkpoint_says_its_data_order_differs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    old: bool,
+    where: str,
 ) -> None:
     # Before each snapshot read its own stretch of the stream, a fine-tune continued the
-    # taper's (a low epoch); resuming such a checkpoint cannot end where a run of either
-    # version would, and the user is told so. A checkpoint of this version is not flagged.
+    # taper's (a low epoch); resuming such a checkpoint, saved inside a fine-tune or at the
+    # boundary after one, cannot end where a run of either version would, and the user is
+    # told so. A checkpoint of this version is not flagged.
     import json
     import signal
 
-    from taperprune.errors import TaperpruneError
+    from taperprune.errors import RunInterrupted, TaperpruneError
     from taperprune.run.pipeline import resume_run
     from taperprune.run.trainer import Trainer
 
-    after = Trainer._after_step
+    after, save = Trainer._after_step, Trainer.checkpoint
 
     def interrupt(self: Trainer, label: str, i: int, stop: TaperpruneError | None) -> None:
         if label.startswith("fine-tune") and i == 3:
             self.signal = signal.SIGINT
         after(self, label, i, stop)
 
-    monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    def killed_after_the_first_fine_tune(self: Trainer) -> None:
+        save(self)
+        if self.state.phase == "finetune" and self.state.finetune == {"index": 1}:
+            raise RunInterrupted("killed")
+
+    if where == "mid fine-tune":
+        monkeypatch.setattr(Trainer, "_after_step", interrupt)
+    else:
+        monkeypatch.setattr(Trainer, "checkpoint", killed_after_the_first_fine_tune)
     out = tmp_path / "cut"
-    with pytest.raises(TaperpruneError, match="interrupted"):
+    with pytest.raises(TaperpruneError, match="interrupted|killed"):
         _snapshot_results(out)
     monkeypatch.setattr(Trainer, "_after_step", after)
+    monkeypatch.setattr(Trainer, "checkpoint", save)
     ckpt = out / "checkpoint"
     state_file = ckpt / json.loads((ckpt / "latest.json").read_text())["dir"] / "state.json"
     saved = json.loads(state_file.read_text())
+    assert ("acc0" in saved["state"]["finetune"]) is (where == "mid fine-tune")
     assert saved["state"]["stream"]["epoch"] >= 1 << 20  # this version's stream
     if old:
         saved["state"]["stream"]["epoch"] = 3

@@ -211,11 +211,12 @@ class Run(Trainer):
             resume = None
         if resume is not None:
             self._restore_position(resume)
+            if k > 0 or "acc0" in resume.finetune:  # saved inside the fine-tunes
+                self._warn_old_stream(resume)
         acc0: float | None = None
         if resume is not None and "acc0" in resume.finetune:
             state.finetune = dict(resume.finetune)  # `_fit` restores the optimizer
             acc0 = state.finetune["acc0"]
-            self._warn_old_stream(resume, label)
         else:
             self.resume = None
             state.finetune = {"index": k}

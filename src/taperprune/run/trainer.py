@@ -116,16 +116,16 @@ class Trainer:
         self.prep.stream.load_state_dict({"epoch": SNAPSHOT_EPOCHS * (k + 1), "index": 0})
         seed_everything(self.cfg.seed * 1_000_003 + k + 1)
 
-    def _warn_old_stream(self, resume: Resume, label: str) -> None:
-        """A checkpoint saved mid-fine-tune before snapshots had their own streams finishes
-        that fine-tune on the taper's stream: say so, since the run then matches neither
-        an uninterrupted run of the old version nor one of this."""
+    def _warn_old_stream(self, resume: Resume) -> None:
+        """A checkpoint saved inside the fine-tunes by a version before each snapshot read
+        its own stretch of the stream: what it fine-tuned so far used the taper's stream,
+        so the run matches an uninterrupted run of neither version. Say so."""
         if int(resume.stream.get("epoch", 0)) < SNAPSHOT_EPOCHS:
             self.console.print(
-                f"[yellow]warning[/yellow]: {self.out / 'checkpoint'} was saved mid-fine-tune "
-                f"of {label} by a taperprune before each snapshot read its own data; that "
-                "fine-tune finishes on the old data order, so this run's results differ from "
-                "an uninterrupted one (start again with --overwrite for an exact run)"
+                f"[yellow]warning[/yellow]: {self.out / 'checkpoint'} was saved during the "
+                "fine-tunes by a taperprune from before each snapshot read its own data; what "
+                "it fine-tuned so far used the old data order, so this run's results differ "
+                "from an uninterrupted one (start again with --overwrite for an exact run)"
             )
 
     def _restore_loop(self, resume: Resume) -> int:
