@@ -16,7 +16,9 @@ run kept another floor or cap than today's default becomes `taperprune_nofloor` 
 settings that differ), and a variant that only set today's defaults becomes `taperprune`.
 A (view, net, method, seed, budget) that two benches both hold then is published once.
 
-`--docs README.md docs/BENCHMARKS.md` regenerates the tables marked in those files
+`--keep NET …` carries those nets' rows over from the published results.csv as they are
+(for a regeneration that re-ran only some nets). `--docs README.md docs/BENCHMARKS.md`
+regenerates the tables marked in those files
 (`benchmarks/compare/splice.py`) from the same rows.
 """
 
@@ -139,10 +141,24 @@ def main() -> None:
         default=[],
         help="markdown files whose <!-- bench: … --> blocks are regenerated from the rows",
     )
+    ap.add_argument(
+        "--keep",
+        nargs="*",
+        default=[],
+        metavar="NET",
+        help="carry these nets' rows over from OUT/results.csv as published (already "
+        "labelled) instead of reading them from the benches",
+    )
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for bench in args.benches:
-        rows += relabel(bench, read_rows(bench / "results.csv"))
+        read = [r for r in read_rows(bench / "results.csv") if r["net"] not in args.keep]
+        rows += relabel(bench, read)
+    kept = [r for r in read_rows(args.out / "results.csv") if r["net"] in args.keep]
+    missing = sorted(set(args.keep) - {r["net"] for r in kept})
+    if missing:
+        sys.exit(f"{args.out / 'results.csv'} has no rows of {', '.join(missing)} to keep")
+    rows += kept
     rows = once(rows)
     if args.complete_seeds:
         rows, notes = complete_seeds(rows)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from benchmarks.compare.results import run_dir
+from benchmarks.compare.results import read_rows, run_dir
 from benchmarks.compare.splice import splice
 from benchmarks.compare.table import seed_table
 
@@ -192,3 +192,27 @@ def test_a_taperprune_row_without_its_run_config_is_named(tmp_path: Path):
     row = _row("taperprune", 0, 90.0)
     with pytest.raises(SystemExit, match=r"seed0/config.yaml is missing: the row per-budget/n/"):
         publish.relabel(tmp_path, [row])
+
+
+def test_kept_nets_are_carried_over_as_published_and_not_read_from_the_benches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from benchmarks.compare.results import FIELDS, write_rows
+
+    def full(row: dict[str, Any], net: str) -> dict[str, Any]:
+        return {**dict.fromkeys(FIELDS, 1), **row, "net": net}
+
+    bench, out = tmp_path / "bench", tmp_path / "published"
+    # The bench's taperprune row of net m has no config.yaml: it must not be read.
+    write_rows(bench / "results.csv", [full(_row("tp_random", 0, 80.0), "n"),
+                                       full(_row("taperprune", 0, 70.0), "m")])  # fmt: skip
+    write_rows(out / "results.csv", [full(_row("taperprune_nocap", 0, 91.0), "m"),
+                                     full(_row("tp_random", 0, 50.0), "n")])  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["publish", str(bench), "--out", str(out), "--keep", "m"])
+    publish.main()
+    got = {(r["net"], r["method"], r["acc"]) for r in read_rows(out / "results.csv")}
+    assert got == {("n", "tp_random", 80.0), ("m", "taperprune_nocap", 91.0)}
+    argv = ["publish", str(bench), "--out", str(out), "--keep", "m", "x"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="results.csv has no rows of x to keep"):
+        publish.main()
