@@ -18,13 +18,15 @@ A (view, net, method, seed, budget) that two benches both hold then is published
 
 `--keep NET …` carries those nets' rows over from the published results.csv as they are
 (for a regeneration that re-ran only some nets). `--docs README.md docs/BENCHMARKS.md`
-regenerates the tables marked in those files
-(`benchmarks/compare/splice.py`) from the same rows.
+regenerates the tables marked in those files (`benchmarks/compare/splice.py`) from the same
+rows: the blocks without `from=` when OUT is docs/bench, else those whose `from=` is OUT
+as seen from the doc (`from=bench/long` in docs/BENCHMARKS.md for `--out docs/bench/long`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,14 +115,26 @@ def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def regenerated(doc: Path, rows: list[dict[str, Any]]) -> tuple[str, int]:
-    """`doc`'s text with its marked blocks regenerated; a doc that cannot be is one line."""
+MAIN = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+
+def source_in(doc: Path, out: Path) -> str | None:
+    """How `doc`'s markers name the publish to `out` (None: the main one, docs/bench)."""
+    if out.resolve() == MAIN:
+        return None
+    return Path(os.path.relpath(out.resolve(), doc.resolve().parent)).as_posix()
+
+
+def regenerated(doc: Path, rows: list[dict[str, Any]], out: Path) -> tuple[str, int]:
+    """`doc`'s text with `out`'s marked blocks regenerated; a doc that cannot be is one line."""
+    source = source_in(doc, out)
     try:
-        text, count = splice(doc.read_text(encoding="utf-8"), rows)
+        text, count = splice(doc.read_text(encoding="utf-8"), rows, source)
     except (OSError, ValueError) as exc:
         sys.exit(f"{doc}: {exc}")
     if not count:
-        sys.exit(f"{doc}: no <!-- bench: … --> block to regenerate")
+        marker = "<!-- bench: … -->" if source is None else f"<!-- bench: … from={source} -->"
+        sys.exit(f"{doc}: no {marker} block to regenerate")
     return text, count
 
 
@@ -172,7 +186,7 @@ def main() -> None:
         return 1 if method.startswith("taperprune") else 2
 
     rows.sort(key=lambda r: (r["net"], order[r["view"]], rank(r["method"])))
-    docs = {doc: regenerated(doc, rows) for doc in args.docs}  # every doc, before writing
+    docs = {doc: regenerated(doc, rows, args.out) for doc in args.docs}  # every doc, before writing
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "results.csv", rows)
     for path in write_summary(rows, args.out):

@@ -253,6 +253,15 @@ def headline(rows: Sequence[Row], view: str = "per-budget") -> list[str]:
     return lines
 
 
+def means_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
+    """One (net, view) as in table.md: method × column, mean ± std, the verdict and steps."""
+    per = cells(rows).get((view, net))
+    if not per:
+        raise ValueError(f"no rows for {net} in the {view} view")
+    budgets = sorted({b for c in per.values() for b in c}, reverse=view != "steps")
+    return _accuracy_table(per, budgets, view)
+
+
 def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
     """One (net, view) as method × column, each cell "mean (seed 0/seed 1/…)" in seed
     order, "mean (seeds 0/2: a/b)" where a seed is missing: what each seed gave, for the
@@ -287,14 +296,12 @@ def markdown(rows: Sequence[Row]) -> str:
         "≈: within noise of the best (|Δ| ≤ 2 standard errors of the difference).",
         "",
     ]
-    for (view, net), per in cells(rows).items():
-        steps_view = view == "steps"
-        budgets = sorted({b for c in per.values() for b in c}, reverse=not steps_view)
+    for view, net in cells(rows):
         title = f"### {net}: {view}"
-        if steps_view:
+        if view == "steps":
             fraction = next(float(r["budget"]) for r in rows if r["view"] == "steps")
             title += f" ({100 * fraction:.4g} % of the MACs)"
-        parts += [title, "", *_accuracy_table(per, budgets, view), ""]
+        parts += [title, "", *means_table(rows, net, view), ""]
     parts += ["### Budget error", "", *budget_error_table(rows), ""]
     parts += ["### Wall time (per-budget view)", "", *overhead_table(rows), ""]
     parts += ["### CPU latency of the pruned models, batch 32, ms (median)", ""]

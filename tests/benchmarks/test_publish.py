@@ -164,7 +164,9 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     ]
     write_rows(bench / "results.csv", rows)
     doc = tmp_path / "doc.md"
-    doc.write_text("a\n<!-- bench: seeds n per-budget -->\nold\n<!-- /bench -->\nb\n")
+    doc.write_text(
+        "a\n<!-- bench: seeds n per-budget from=published -->\nold\n<!-- /bench -->\nb\n"
+    )
     monkeypatch.setattr("sys.argv", ["publish", str(bench), "--out", str(out), "--docs", str(doc)])
     publish.main()
     assert "| uniform_width | 89.10 (89.00/89.10/89.20) |" in doc.read_text()
@@ -174,18 +176,46 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     monkeypatch.setattr(
         "sys.argv", ["publish", str(bench), "--out", str(out), "--docs", str(plain)]
     )
-    with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … --> block"):
+    with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … from=published --> block"):
         publish.main()
     assert plain.read_text() == "no markers\n"
     # A doc that cannot be regenerated stops the publish before anything is written.
     bad, fresh = tmp_path / "bad.md", tmp_path / "fresh"
-    bad.write_text("<!-- bench: seeds n steps -->\n<!-- /bench -->\n")
+    bad.write_text("<!-- bench: seeds n steps from=fresh -->\n<!-- /bench -->\n")
+    doc.write_text(doc.read_text().replace("from=published", "from=fresh"))
     argv = ["publish", str(bench), "--out", str(fresh), "--docs", str(doc), str(bad)]
     monkeypatch.setattr("sys.argv", argv)
     before = doc.read_text()
     with pytest.raises(SystemExit, match=r"bad.md: <!-- bench: seeds n steps -->: no rows"):
         publish.main()
     assert not fresh.exists() and doc.read_text() == before
+
+
+def test_each_publish_regenerates_only_the_blocks_that_name_it():
+    rows = [_acc_row(m, s, 0.5, a + 0.1 * s) for s in range(3)
+            for m, a in (("taperprune", 91.0), ("uniform_width", 89.0))]  # fmt: skip
+    long = [{**r, "acc": r["acc"] - 5} for r in rows]
+    doc = (
+        "<!-- bench: means n per-budget -->\nold main\n<!-- /bench -->\n"
+        "<!-- bench: means n per-budget from=bench/long -->\nold long\n<!-- /bench -->\n"
+    )
+    text, count = splice(doc, long, "bench/long")
+    assert count == 1 and "old main" in text and "old long" not in text
+    assert "| taperprune | **86.10 ± 0.10** |" in text
+    assert "| *taperprune − best baseline* | +2.00 vs uniform_width |" in text
+    text, count = splice(text, rows)  # the main publish leaves the long block alone
+    assert count == 1 and "| taperprune | **91.10 ± 0.10** |" in text and "**86.10" in text
+    assert splice(doc, rows, "elsewhere") == (doc, 0)
+    with pytest.raises(ValueError, match="more than one from="):
+        splice("<!-- bench: means n per-budget from=a from=b -->\n<!-- /bench -->\n", rows)
+
+
+def test_a_doc_names_a_publish_as_its_links_would(tmp_path: Path):
+    assert publish.source_in(Path("docs/BENCHMARKS.md"), Path("docs/bench")) is None
+    assert publish.source_in(Path("README.md"), publish.MAIN) is None
+    assert publish.source_in(Path("docs/BENCHMARKS.md"), Path("docs/bench/long")) == "bench/long"
+    assert publish.source_in(Path("README.md"), Path("docs/bench/long")) == "docs/bench/long"
+    assert publish.source_in(tmp_path / "a" / "doc.md", tmp_path / "out") == "../out"
 
 
 def test_a_taperprune_row_without_its_run_config_is_named(tmp_path: Path):
