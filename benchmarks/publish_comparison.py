@@ -20,14 +20,15 @@ A (view, net, method, seed, budget) that two benches both hold then is published
 (for a regeneration that re-ran only some nets). `--docs README.md docs/BENCHMARKS.md`
 regenerates the tables marked in those files (`benchmarks/compare/splice.py`) from the same
 rows: the blocks without `from=` when OUT is docs/bench, else those whose `from=` is OUT
-as seen from the doc (`from=bench/long` in docs/BENCHMARKS.md for `--out docs/bench/long`).
+as a link from the doc writes it (`from=bench/long` in docs/BENCHMARKS.md for `--out
+docs/bench/long`); a doc with no block of OUT is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,26 +116,35 @@ def relabel(bench: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-MAIN = Path(__file__).resolve().parents[1] / "docs" / "bench"
+MAIN = (Path(__file__).parents[1] / "docs" / "bench").resolve()
 
 
-def source_in(doc: Path, out: Path) -> str | None:
-    """How `doc`'s markers name the publish to `out` (None: the main one, docs/bench)."""
-    if out.resolve() == MAIN:
-        return None
-    return Path(os.path.relpath(out.resolve(), doc.resolve().parent)).as_posix()
+def publish_of(doc: Path, out: Path) -> Callable[[str | None], bool]:
+    """Whether a marker's `from=` in `doc` (a path as a link from `doc` writes it; None: the
+    main publish, docs/bench) names the publish to `out`; one naming a directory that is
+    neither `out` nor one that exists is a typo, and is refused."""
+    target = out.resolve()
+
+    def ours(origin: str | None) -> bool:
+        where = MAIN if origin is None else (doc.parent / origin).resolve()
+        if origin is not None and where == MAIN:
+            raise ValueError(f"from={origin} is the main publish: leave from= out")
+        if where != target and not where.is_dir():
+            raise ValueError(f"from={origin}: no such directory next to {doc}")
+        return where == target
+
+    return ours
 
 
 def regenerated(doc: Path, rows: list[dict[str, Any]], out: Path) -> tuple[str, int]:
     """`doc`'s text with `out`'s marked blocks regenerated; a doc that cannot be is one line."""
-    source = source_in(doc, out)
     try:
-        text, count = splice(doc.read_text(encoding="utf-8"), rows, source)
+        text, count = splice(doc.read_text(encoding="utf-8"), rows, publish_of(doc, out))
     except (OSError, ValueError) as exc:
         sys.exit(f"{doc}: {exc}")
     if not count:
-        marker = "<!-- bench: … -->" if source is None else f"<!-- bench: … from={source} -->"
-        sys.exit(f"{doc}: no {marker} block to regenerate")
+        named = "" if out.resolve() == MAIN else f" with from= naming {out}"
+        sys.exit(f"{doc}: no <!-- bench: … -->{named} block to regenerate")
     return text, count
 
 
@@ -153,7 +163,8 @@ def main() -> None:
         type=Path,
         nargs="*",
         default=[],
-        help="markdown files whose <!-- bench: … --> blocks are regenerated from the rows",
+        help="markdown files whose <!-- bench: … --> blocks are regenerated from the rows "
+        "(those naming OUT with from=DIR, or those without from= when OUT is docs/bench)",
     )
     ap.add_argument(
         "--keep",

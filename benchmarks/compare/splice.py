@@ -5,7 +5,7 @@
     <!-- /bench -->
 
 is replaced by what the marker names, computed from the published rows, so the README
-and docs/BENCHMARKS.md cannot drift from docs/bench/results.csv. Kinds:
+and docs/BENCHMARKS.md cannot drift from the results.csv they were published from. Kinds:
 `headline VIEW` (taperprune against the best baseline per budget, with the tally),
 `means NET VIEW` (every method, mean ± std, as in table.md) and `seeds NET VIEW` (every
 method, mean and each seed).
@@ -17,7 +17,7 @@ doc would write it); a publish regenerates only the blocks of its own directory.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .table import Row, cells, headline, means_table, seed_table
 
@@ -25,8 +25,10 @@ OPEN, CLOSE = "<!-- bench:", "<!-- /bench -->"
 # A block's body may not hold another opener: an unterminated marker is an error, not
 # a licence to swallow the prose up to the next block's end.
 MARKED = re.compile(
-    r"(<!-- bench: ([^>\n]*?) -->\r?\n)((?:(?!<!-- bench:).)*?)(<!-- /bench -->)", re.DOTALL
+    r"(<!-- bench: ([^>\n]*?) -->[ \t]*(\r?\n))((?:(?!<!-- bench:).)*?)(<!-- /bench -->)",
+    re.DOTALL,
 )
+KINDS = {"headline": 1, "means": 2, "seeds": 2}  # a kind and how many arguments it takes
 
 
 def _headline(rows: Sequence[Row], view: str) -> list[str]:
@@ -39,46 +41,53 @@ def _headline(rows: Sequence[Row], view: str) -> list[str]:
     return headline(rows, view)
 
 
-def render(rows: Sequence[Row], what: str) -> list[str]:
-    """The lines a marker's `what` names (a ValueError names a marker it cannot fill)."""
-    kind, *args = what.split()
-    try:
-        if kind == "headline" and len(args) == 1:
-            return _headline(rows, args[0])
-        if kind == "seeds" and len(args) == 2:
-            return seed_table(rows, args[0], args[1])
-        if kind == "means" and len(args) == 2:
-            return means_table(rows, args[0], args[1])
-    except ValueError as exc:
-        raise ValueError(f"{OPEN} {what} -->: {exc}") from None
-    raise ValueError(
-        f"{OPEN} {what} -->: not 'headline VIEW', 'means NET VIEW' or 'seeds NET VIEW'"
-    )
-
-
-def source_of(what: str) -> tuple[str, str | None]:
-    """A marker's `what` without its `from=DIR`, and that DIR (None: the main publish)."""
-    words = what.split()
+def parse(marker: str) -> tuple[str, list[str], str | None]:
+    """A marker's text as (kind, arguments, its `from=` DIR or None); a ValueError names it."""
+    words = marker.split()
     sources = [w.removeprefix("from=") for w in words if w.startswith("from=")]
-    if len(sources) > 1:
-        raise ValueError(f"{OPEN} {what} -->: more than one from=")
-    rest = " ".join(w for w in words if not w.startswith("from="))
-    return rest, sources[0] if sources else None
+    kind, *args = [w for w in words if not w.startswith("from=")] or [""]
+    if len(sources) > 1 or "" in sources:
+        raise ValueError(f"{OPEN} {marker} -->: at most one from=, naming a directory")
+    if KINDS.get(kind) != len(args):
+        raise ValueError(
+            f"{OPEN} {marker} -->: not 'headline VIEW', 'means NET VIEW' or 'seeds NET VIEW'"
+        )
+    return kind, args, sources[0] if sources else None
 
 
-def splice(text: str, rows: Sequence[Row], source: str | None = None) -> tuple[str, int]:
-    """`text` with the marked blocks of `source` (a marker's `from=`; None: those without)
-    regenerated, and how many those were; the other blocks are left as they are."""
+def render(rows: Sequence[Row], marker: str) -> list[str]:
+    """The lines a marker names (a ValueError names a marker it cannot fill)."""
+    kind, args, _ = parse(marker)
+    fills: dict[str, Callable[..., list[str]]] = {
+        "headline": _headline,
+        "means": means_table,
+        "seeds": seed_table,
+    }
+    try:
+        return fills[kind](rows, *args)
+    except ValueError as exc:
+        raise ValueError(f"{OPEN} {marker} -->: {exc}") from None
+
+
+def main_publish(origin: str | None) -> bool:
+    return origin is None
+
+
+def splice(
+    text: str, rows: Sequence[Row], ours: Callable[[str | None], bool] = main_publish
+) -> tuple[str, int]:
+    """`text` with the marked blocks whose `from=` (None where a marker has none) is `ours`
+    regenerated, and how many those were; the others are checked and left as they are."""
     count = blocks = 0
 
     def fill(m: re.Match[str]) -> str:
         nonlocal count, blocks
         blocks += 1
-        what, origin = source_of(m.group(2))
-        if origin != source:
+        if not ours(parse(m.group(2))[2]):
             return m.group(0)
         count += 1
-        return m.group(1) + "\n".join(render(rows, what)) + "\n" + m.group(4)
+        newline = m.group(3)  # a CRLF doc stays CRLF
+        return m.group(1) + newline.join(render(rows, m.group(2))) + newline + m.group(5)
 
     out = MARKED.sub(fill, text)
     if not text.count(OPEN) == text.count(CLOSE) == blocks:

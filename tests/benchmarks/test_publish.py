@@ -176,7 +176,9 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     monkeypatch.setattr(
         "sys.argv", ["publish", str(bench), "--out", str(out), "--docs", str(plain)]
     )
-    with pytest.raises(SystemExit, match=r"plain.md: no <!-- bench: … from=published --> block"):
+    with pytest.raises(
+        SystemExit, match=r"plain.md: no <!-- bench: … --> with from= naming .*published block"
+    ):
         publish.main()
     assert plain.read_text() == "no markers\n"
     # A doc that cannot be regenerated stops the publish before anything is written.
@@ -186,9 +188,19 @@ def test_publish_regenerates_the_docs_it_is_given_and_refuses_one_without_blocks
     argv = ["publish", str(bench), "--out", str(fresh), "--docs", str(doc), str(bad)]
     monkeypatch.setattr("sys.argv", argv)
     before = doc.read_text()
-    with pytest.raises(SystemExit, match=r"bad.md: <!-- bench: seeds n steps -->: no rows"):
+    with pytest.raises(SystemExit, match=r"bad.md: <!-- bench: seeds n steps from=fresh -->: no"):
         publish.main()
     assert not fresh.exists() and doc.read_text() == before
+    # The main publish fills the blocks without from= and leaves the others.
+    monkeypatch.setattr(publish, "MAIN", out.resolve())
+    main_doc = tmp_path / "main.md"
+    other = before.replace("from=fresh", "from=bench")  # another publish, one that exists
+    main_doc.write_text("<!-- bench: means n per-budget -->\nold\n<!-- /bench -->\n" + other)
+    argv = ["publish", str(bench), "--out", str(out), "--docs", str(main_doc)]
+    monkeypatch.setattr("sys.argv", argv)
+    publish.main()
+    assert "| uniform_width | **89.10 ± 0.10** |" in main_doc.read_text()
+    assert main_doc.read_text().endswith(other)
 
 
 def test_each_publish_regenerates_only_the_blocks_that_name_it():
@@ -199,23 +211,65 @@ def test_each_publish_regenerates_only_the_blocks_that_name_it():
         "<!-- bench: means n per-budget -->\nold main\n<!-- /bench -->\n"
         "<!-- bench: means n per-budget from=bench/long -->\nold long\n<!-- /bench -->\n"
     )
-    text, count = splice(doc, long, "bench/long")
+    text, count = splice(doc, long, lambda origin: origin == "bench/long")
     assert count == 1 and "old main" in text and "old long" not in text
     assert "| taperprune | **86.10 ± 0.10** |" in text
     assert "| *taperprune − best baseline* | +2.00 vs uniform_width |" in text
     text, count = splice(text, rows)  # the main publish leaves the long block alone
     assert count == 1 and "| taperprune | **91.10 ± 0.10** |" in text and "**86.10" in text
-    assert splice(doc, rows, "elsewhere") == (doc, 0)
-    with pytest.raises(ValueError, match="more than one from="):
-        splice("<!-- bench: means n per-budget from=a from=b -->\n<!-- /bench -->\n", rows)
+    assert splice(doc, rows, lambda origin: False) == (doc, 0)
+
+
+@pytest.mark.parametrize(
+    ("marker", "error"),
+    [
+        ("means n per-budget from=a from=b", "at most one from=, naming a directory"),
+        ("means n per-budget from=", "at most one from=, naming a directory"),
+        ("from=bench/long", "bench: from=bench/long -->: not 'headline VIEW'"),
+        # another publish's block is checked too, and named as the doc writes it
+        ("meens n per-budget from=x", "bench: meens n per-budget from=x -->: not"),
+    ],
+)
+def test_a_bad_marker_is_named_as_the_doc_writes_it(marker: str, error: str):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        splice(f"<!-- bench: {marker} -->\n<!-- /bench -->\n", [], lambda origin: False)
+    rows = [_acc_row("taperprune", 0, 0.5, 90.0)]
+    with pytest.raises(ValueError, match=re.escape("bench: means m curve from=x -->: no rows")):
+        splice("<!-- bench: means m curve from=x -->\n<!-- /bench -->\n", rows, lambda o: True)
+
+
+def test_crlf_docs_stay_crlf_and_trailing_blanks_after_a_marker_are_allowed():
+    rows = [_acc_row(m, s, 0.5, 90.0 + s) for s in range(2) for m in ("taperprune", "x")]
+    text, count = splice(
+        "a\r\n<!-- bench: means n per-budget --> \r\nold\r\n<!-- /bench -->\r\n", rows
+    )
+    assert count == 1 and "old" not in text
+    assert "\n" not in text.replace("\r\n", "")
 
 
 def test_a_doc_names_a_publish_as_its_links_would(tmp_path: Path):
-    assert publish.source_in(Path("docs/BENCHMARKS.md"), Path("docs/bench")) is None
-    assert publish.source_in(Path("README.md"), publish.MAIN) is None
-    assert publish.source_in(Path("docs/BENCHMARKS.md"), Path("docs/bench/long")) == "bench/long"
-    assert publish.source_in(Path("README.md"), Path("docs/bench/long")) == "docs/bench/long"
-    assert publish.source_in(tmp_path / "a" / "doc.md", tmp_path / "out") == "../out"
+    docs = publish.MAIN.parent
+    benchmarks, readme = docs / "BENCHMARKS.md", docs.parent / "README.md"
+    ours = publish.publish_of(benchmarks, publish.MAIN)
+    assert ours(None) and not ours("bench/long")
+    long = publish.publish_of(benchmarks, publish.MAIN / "long")
+    assert long("bench/long") and long("./bench/long/") and not long(None)
+    assert publish.publish_of(readme, publish.MAIN / "long")("docs/bench/long")
+    with pytest.raises(ValueError, match="from=bench is the main publish: leave from= out"):
+        long("bench")
+    with pytest.raises(ValueError, match="from=bench/lnog: no such directory next to"):
+        long("bench/lnog")
+    (tmp_path / "a").mkdir()  # a publish to a directory not made yet is named by its path
+    assert publish.publish_of(tmp_path / "a" / "doc.md", tmp_path / "new")("../new")
+
+
+def test_the_repository_s_docs_are_what_their_rows_regenerate():
+    """README.md and docs/BENCHMARKS.md hold the tables their published rows give."""
+    for out in (publish.MAIN, publish.MAIN / "long"):
+        rows = read_rows(out / "results.csv")
+        for doc in (publish.MAIN.parents[1] / "README.md", publish.MAIN.parent / "BENCHMARKS.md"):
+            text = doc.read_text(encoding="utf-8")
+            assert splice(text, rows, publish.publish_of(doc, out))[0] == text, (doc, out)
 
 
 def test_a_taperprune_row_without_its_run_config_is_named(tmp_path: Path):
