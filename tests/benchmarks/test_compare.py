@@ -39,7 +39,14 @@ from benchmarks.compare.config import (
 )
 from benchmarks.compare.harness import Bench
 from benchmarks.compare.results import complete_seeds, parse_net
-from benchmarks.compare.table import Cell, headline, markdown, overhead_table, within_noise
+from benchmarks.compare.table import (
+    Cell,
+    budget_error_table,
+    headline,
+    markdown,
+    overhead_table,
+    within_noise,
+)
 from benchmarks.compare.tp_driven import (
     accumulate_gradients,
     capped_step,
@@ -457,6 +464,20 @@ def test_markdown_marks_the_best_and_flags_a_missed_target():
     assert "| taperprune | **91.10 ± 0.10** |" in text
     assert "+2.00 vs tp_l1_global |" in text  # outside the noise: no "(within noise)"
     assert "| n | tp_l1_global | **no** |" in text
+
+
+def test_the_budget_error_table_takes_each_column_s_worst_case_on_its_own():
+    def row(budget: float, target: int, macs: int, one_channel: int) -> dict[str, Any]:
+        err = macs - target
+        return {"net": "n", "method": "m", "budget": budget, "target_macs": target,
+                "macs": macs, "budget_error_macs": err, "budget_error_pct": 100 * err / target,
+                "one_channel_macs": one_channel}  # fmt: skip
+
+    # A high budget misses by the most MACs (3 channels' worth, 3 %); a low one by the
+    # largest share of its target (26 %, half a channel).
+    rows = [row(0.5, 1000, 970, 10), row(0.03125, 100, 74, 52)]
+    assert budget_error_table(rows)[2] == "| n | m | yes | -26.00 | -3.00 |"
+    assert budget_error_table([*rows, row(0.25, 500, 501, 10)])[2].startswith("| n | m | **no** |")
 
 
 def test_headline_names_the_best_baseline_and_tallies_the_verdicts():
