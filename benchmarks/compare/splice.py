@@ -28,7 +28,6 @@ MARKED = re.compile(
     r"(<!-- bench: ([^>\n]*?) -->[ \t]*(\r?\n))((?:(?!<!-- bench:).)*?)(<!-- /bench -->)",
     re.DOTALL,
 )
-KINDS = {"headline": 1, "means": 2, "seeds": 2}  # a kind and how many arguments it takes
 
 
 def _headline(rows: Sequence[Row], view: str) -> list[str]:
@@ -41,6 +40,14 @@ def _headline(rows: Sequence[Row], view: str) -> list[str]:
     return headline(rows, view)
 
 
+# Each kind: how many arguments it takes and what fills its block.
+KINDS: dict[str, tuple[int, Callable[..., list[str]]]] = {
+    "headline": (1, _headline),
+    "means": (2, means_table),
+    "seeds": (2, seed_table),
+}
+
+
 def parse(marker: str) -> tuple[str, list[str], str | None]:
     """A marker's text as (kind, arguments, its `from=` DIR or None); a ValueError names it."""
     words = marker.split()
@@ -48,7 +55,7 @@ def parse(marker: str) -> tuple[str, list[str], str | None]:
     kind, *args = [w for w in words if not w.startswith("from=")] or [""]
     if len(sources) > 1 or "" in sources:
         raise ValueError(f"{OPEN} {marker} -->: at most one from=, naming a directory")
-    if KINDS.get(kind) != len(args):
+    if kind not in KINDS or KINDS[kind][0] != len(args):
         raise ValueError(
             f"{OPEN} {marker} -->: not 'headline VIEW', 'means NET VIEW' or 'seeds NET VIEW'"
         )
@@ -58,13 +65,8 @@ def parse(marker: str) -> tuple[str, list[str], str | None]:
 def render(rows: Sequence[Row], marker: str) -> list[str]:
     """The lines a marker names (a ValueError names a marker it cannot fill)."""
     kind, args, _ = parse(marker)
-    fills: dict[str, Callable[..., list[str]]] = {
-        "headline": _headline,
-        "means": means_table,
-        "seeds": seed_table,
-    }
     try:
-        return fills[kind](rows, *args)
+        return KINDS[kind][1](rows, *args)
     except ValueError as exc:
         raise ValueError(f"{OPEN} {marker} -->: {exc}") from None
 
