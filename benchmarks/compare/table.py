@@ -115,9 +115,8 @@ def _verdict(per: dict[str, dict[float, Cell]], budget: float) -> str:
     return f"{delta:+.2f} vs {name}{noise}"
 
 
-def _accuracy_table(
-    per: dict[str, dict[float, Cell]], budgets: list[float], view: str
-) -> list[str]:
+def _accuracy_table(per: dict[str, dict[float, Cell]], view: str) -> list[str]:
+    budgets = sorted({b for c in per.values() for b in c}, reverse=view != "steps")
     curve = view == "curve" and len(per) > 1
     lines = ["| method | " + " | ".join(column_heads(budgets, view)) + " |"]
     lines.append("|---" * (len(budgets) + 1) + "|")
@@ -259,8 +258,7 @@ def means_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
     per = cells(rows).get((view, net))
     if not per:
         raise ValueError(f"no rows for {net} in the {view} view")
-    budgets = sorted({b for c in per.values() for b in c}, reverse=view != "steps")
-    return _accuracy_table(per, budgets, view)
+    return _accuracy_table(per, view)
 
 
 def seed_table(rows: Sequence[Row], net: str, view: str) -> list[str]:
@@ -297,12 +295,12 @@ def markdown(rows: Sequence[Row]) -> str:
         "≈: within noise of the best (|Δ| ≤ 2 standard errors of the difference).",
         "",
     ]
-    for view, net in cells(rows):
+    for (view, net), per in cells(rows).items():
         title = f"### {net}: {view}"
         if view == "steps":
             fraction = next(float(r["budget"]) for r in rows if r["view"] == "steps")
             title += f" ({100 * fraction:.4g} % of the MACs)"
-        parts += [title, "", *means_table(rows, net, view), ""]
+        parts += [title, "", *_accuracy_table(per, view), ""]
     parts += ["### Budget error", "", *budget_error_table(rows), ""]
     parts += ["### Wall time (per-budget view)", "", *overhead_table(rows), ""]
     parts += ["### CPU latency of the pruned models, batch 32, ms (median)", ""]
